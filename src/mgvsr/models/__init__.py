@@ -1,0 +1,1 @@
+"""Models: SPyNet, BasicVSR, IconVSR (BasicSR-compatible parameter names)."""
