@@ -34,6 +34,8 @@ class ModelConfig:
     num_block: int = 30
     keyframe_stride: int = 5  # IconVSR only
     temporal_padding: int = 2  # IconVSR only
+    # Width of the HR part of the x4 head (BasicSR: 64; only 64 loads released checkpoints).
+    head_feat: int = 64
     scale: int = 4
     # Optional weights to start from (ours .safetensors or BasicSR/MMagic .pth).
     init_weights: Optional[str] = None
@@ -60,6 +62,10 @@ class DatasetConfig:
     cache: Optional[str] = None
     # Validation only: evaluate at most this many frames per clip (0 = all).
     max_frames: int = 0
+    # kind "video": split each video into clips of this many frames (0 = one clip per video).
+    clip_len: int = 0
+    # Decode every clip once into RAM at start (small datasets such as the demo).
+    in_memory: bool = False
 
 
 @dataclass
@@ -77,7 +83,12 @@ class DataConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Shapes and LR multiplier as a pure function of the global step (see ``mgvsr.schedule``)."""
+    """Shapes and LR multiplier as a pure function of the global step (see ``mgvsr.schedule``).
+
+    ``docs/schedule.md`` gives the exact rounding rules; in short: iteration shares become phase
+    boundaries by rounding the cumulative share half up, clip lengths are ``round_half_up(f * T)``
+    (at least 2 frames) and patch sizes ``round_half_up(f * patch)`` (at least 16).
+    """
 
     kind: Literal["fixed", "multigrid", "cycles"] = "fixed"
     total_iters: int = 300_000
@@ -85,7 +96,7 @@ class ScheduleConfig:
     num_frames: int = 15
     patch_size: int = 64
     batch_size: int = 4
-    # Multigrid: LR patch sizes of the spatial stages (last one should equal patch_size).
+    # Multigrid: LR patch sizes of the spatial stages (each <= patch_size; the last one should equal it).
     spatial_stages: list[int] = field(default_factory=lambda: [32, 48, 64])
     # Share of iterations per spatial stage (None = equal shares).
     stage_shares: Optional[list[float]] = None
@@ -93,16 +104,22 @@ class ScheduleConfig:
     temporal_fractions: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
     # Share of a stage's iterations per temporal step (None = equal shares).
     temporal_shares: Optional[list[float]] = None
-    # Scale the batch so that batch*T*h*w stays about constant (Wu et al. 2020); LR follows the batch.
+    # Scale the batch so that batch*T*h*w stays <= its full-shape value (Wu et al. 2020), capped at
+    # max_batch; the LR is scaled linearly with the batch.
     scale_batch: bool = False
     max_batch: int = 64
-    # LR policy: cosine over the run, cosine restarted at every spatial stage, or constant.
+    # LR policy: cosine over the run, cosine restarted at every stage (multigrid spatial stage or
+    # cycles long cycle), or constant. Warmup: linear from ~0 over the first warmup_iters steps.
     lr_policy: Literal["cosine", "cosine_restart", "constant"] = "cosine"
     warmup_iters: int = 0
-    # Cycles schedule (Wu et al.): long-cycle shapes as (T fraction, spatial fraction) pairs.
+    # cosine_restart only: a linear warmup of this many steps at every restart (not the first stage).
+    restart_warmup_iters: int = 0
+    # Cycles schedule (Wu et al.): long-cycle shapes as (T fraction, spatial fraction) pairs, with
+    # equal iteration shares; the long cycle is repeated long_cycles times over the run.
     cycle_shapes: list[list[float]] = field(
         default_factory=lambda: [[0.5, 0.5], [0.5, 0.71], [1.0, 0.71], [1.0, 1.0]]
     )
+    long_cycles: int = 1
 
 
 @dataclass
@@ -329,40 +346,12 @@ def validate(cfg: Config) -> None:
     m, s, o, t, d = cfg.model, cfg.schedule, cfg.optim, cfg.train, cfg.data
     _require(m.num_feat >= 1, "model.num_feat", "must be >= 1")
     _require(m.num_block >= 1, "model.num_block", "must be >= 1")
+    _require(m.head_feat >= 1, "model.head_feat", "must be >= 1")
     _require(m.scale == 4, "model.scale", "only x4 is supported (BasicVSR/IconVSR upsampler)")
     _require(m.keyframe_stride >= 1, "model.keyframe_stride", "must be >= 1")
     _require(m.temporal_padding >= 1, "model.temporal_padding", "must be >= 1")
 
-    _require(s.total_iters >= 1, "schedule.total_iters", "must be >= 1")
-    _require(s.num_frames >= 1, "schedule.num_frames", "must be >= 1")
-    _require(s.patch_size >= 16, "schedule.patch_size", "must be >= 16 (SPyNet needs 16x16 LR input)")
-    _require(s.batch_size >= 1, "schedule.batch_size", "must be >= 1")
-    _require(len(s.spatial_stages) >= 1, "schedule.spatial_stages", "needs at least one stage")
-    _require(all(p >= 16 for p in s.spatial_stages), "schedule.spatial_stages", "every size must be >= 16")
-    _require(len(s.temporal_fractions) >= 1, "schedule.temporal_fractions", "needs at least one entry")
-    _require(
-        all(0 < f <= 1 for f in s.temporal_fractions), "schedule.temporal_fractions", "fractions in (0, 1]"
-    )
-    if s.stage_shares is not None:
-        _require(
-            len(s.stage_shares) == len(s.spatial_stages),
-            "schedule.stage_shares",
-            f"needs one share per spatial stage ({len(s.spatial_stages)})",
-        )
-        _require(all(x > 0 for x in s.stage_shares), "schedule.stage_shares", "shares must be > 0")
-    if s.temporal_shares is not None:
-        _require(
-            len(s.temporal_shares) == len(s.temporal_fractions),
-            "schedule.temporal_shares",
-            f"needs one share per temporal fraction ({len(s.temporal_fractions)})",
-        )
-        _require(all(x > 0 for x in s.temporal_shares), "schedule.temporal_shares", "shares must be > 0")
-    _require(s.warmup_iters >= 0, "schedule.warmup_iters", "must be >= 0")
-    _require(s.warmup_iters < s.total_iters, "schedule.warmup_iters", "must be < schedule.total_iters")
-    _require(s.max_batch >= s.batch_size, "schedule.max_batch", "must be >= schedule.batch_size")
-    for i, pair in enumerate(s.cycle_shapes):
-        _require(len(pair) == 2, f"schedule.cycle_shapes[{i}]", "must be [T fraction, spatial fraction]")
-        _require(all(0 < x <= 1 for x in pair), f"schedule.cycle_shapes[{i}]", "fractions in (0, 1]")
+    _validate_schedule(s)
 
     _require(o.lr > 0, "optim.lr", "must be > 0")
     _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)")
@@ -385,3 +374,52 @@ def validate(cfg: Config) -> None:
     _require(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(len(d.intervals) >= 1 and all(i >= 1 for i in d.intervals), "data.intervals", "positive ints")
+    for name, ds in (("data.train", d.train), ("data.val", d.val)):
+        if ds is None:
+            continue
+        _require(ds.max_frames >= 0, f"{name}.max_frames", "must be >= 0 (0 = all frames)")
+        _require(ds.clip_len >= 0, f"{name}.clip_len", "must be >= 0 (0 = one clip per video)")
+        _require(ds.clips is None or len(ds.clips) > 0, f"{name}.clips", "must be null or a non-empty list")
+
+
+def _validate_schedule(s: ScheduleConfig) -> None:
+    """Checks of the ``schedule`` section (see ``mgvsr.schedule`` for the semantics)."""
+    _require(s.total_iters >= 1, "schedule.total_iters", "must be >= 1")
+    _require(s.num_frames >= 1, "schedule.num_frames", "must be >= 1")
+    _require(s.patch_size >= 16, "schedule.patch_size", "must be >= 16 (SPyNet needs 16x16 LR input)")
+    _require(s.batch_size >= 1, "schedule.batch_size", "must be >= 1")
+    _require(len(s.spatial_stages) >= 1, "schedule.spatial_stages", "needs at least one stage")
+    _require(all(p >= 16 for p in s.spatial_stages), "schedule.spatial_stages", "every size must be >= 16")
+    if s.kind == "multigrid":
+        _require(
+            all(p <= s.patch_size for p in s.spatial_stages),
+            "schedule.spatial_stages",
+            f"every size must be <= schedule.patch_size ({s.patch_size}), the full shape",
+        )
+    _require(len(s.temporal_fractions) >= 1, "schedule.temporal_fractions", "needs at least one entry")
+    _require(
+        all(0 < f <= 1 for f in s.temporal_fractions), "schedule.temporal_fractions", "fractions in (0, 1]"
+    )
+    if s.stage_shares is not None:
+        _require(
+            len(s.stage_shares) == len(s.spatial_stages),
+            "schedule.stage_shares",
+            f"needs one share per spatial stage ({len(s.spatial_stages)})",
+        )
+        _require(all(x > 0 for x in s.stage_shares), "schedule.stage_shares", "shares must be > 0")
+    if s.temporal_shares is not None:
+        _require(
+            len(s.temporal_shares) == len(s.temporal_fractions),
+            "schedule.temporal_shares",
+            f"needs one share per temporal fraction ({len(s.temporal_fractions)})",
+        )
+        _require(all(x > 0 for x in s.temporal_shares), "schedule.temporal_shares", "shares must be > 0")
+    _require(s.warmup_iters >= 0, "schedule.warmup_iters", "must be >= 0")
+    _require(s.warmup_iters < s.total_iters, "schedule.warmup_iters", "must be < schedule.total_iters")
+    _require(s.restart_warmup_iters >= 0, "schedule.restart_warmup_iters", "must be >= 0")
+    _require(s.max_batch >= s.batch_size, "schedule.max_batch", "must be >= schedule.batch_size")
+    _require(len(s.cycle_shapes) >= 1, "schedule.cycle_shapes", "needs at least one [T, spatial] pair")
+    for i, pair in enumerate(s.cycle_shapes):
+        _require(len(pair) == 2, f"schedule.cycle_shapes[{i}]", "must be [T fraction, spatial fraction]")
+        _require(all(0 < x <= 1 for x in pair), f"schedule.cycle_shapes[{i}]", "fractions in (0, 1]")
+    _require(s.long_cycles >= 1, "schedule.long_cycles", "must be >= 1")

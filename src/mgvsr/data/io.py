@@ -1,0 +1,195 @@
+"""Low-level frame I/O: image folders (PIL) and video files (PyAV).
+
+Conventions: a frame is a ``uint8`` numpy array of shape ``(H, W, 3)`` in RGB order; a stack of
+frames is ``(T, H, W, 3)``. Every failure raises :class:`DataError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+class DataError(ValueError):
+    """A dataset on disk is missing, malformed or inconsistent; the message names the file."""
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``im2`` before ``im10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: Path, check_numbering: bool = True) -> list[Path]:
+    """Image files of ``folder`` in natural order.
+
+    With ``check_numbering``, the trailing numbers of the file names must be consecutive
+    (``00000000.png, 00000001.png, ...`` or ``im1.png .. im7.png``); a gap means a missing frame.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()),
+        key=lambda p: natural_key(p.name),
+    )
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)})")
+    if check_numbering:
+        numbers = []
+        for p in files:
+            m = re.search(r"(\d+)$", p.stem)
+            if m is None:
+                numbers = []
+                break
+            numbers.append(int(m.group(1)))
+        for prev, cur, path in zip(numbers, numbers[1:], files[1:]):
+            if cur != prev + 1:
+                raise DataError(
+                    f"{folder}: missing frame(s) between numbers {prev} and {cur} (before {path.name})"
+                )
+    return files
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image, read from its header only (no decoding)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as err:  # PIL raises several types for bad headers
+        raise DataError(f"{path}: not a readable image ({err})") from None
+    return h, w
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode one image to ``uint8 (H, W, 3)`` RGB."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as err:
+        raise DataError(f"{path}: corrupt or truncated image ({err})") from None
+
+
+def read_images(paths: Sequence[Path]) -> np.ndarray:
+    """Decode several same-sized images to ``uint8 (T, H, W, 3)``."""
+    frames = [read_image(p) for p in paths]
+    first = frames[0].shape
+    for p, f in zip(paths, frames):
+        if f.shape != first:
+            raise DataError(f"{p}: size {f.shape[1]}x{f.shape[0]} differs from {paths[0]} ({first[1]}x{first[0]})")
+    return np.stack(frames)
+
+
+def write_png(path: Path, frame: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(frame)).save(path, compress_level=4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Video files
+# --------------------------------------------------------------------------------------------------
+
+
+def open_video(path: Path):
+    import av
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: video file not found")
+    try:
+        container = av.open(str(path))
+    except Exception as err:
+        raise DataError(f"{path}: cannot open video ({err})") from None
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"{path}: has no video stream")
+    return container
+
+
+def video_info(path: Path) -> tuple[int, int, int]:
+    """``(num_frames, H, W)`` of a video, counting packets (demux only, no decoding)."""
+    container = open_video(path)
+    try:
+        stream = container.streams.video[0]
+        h, w = stream.codec_context.height, stream.codec_context.width
+        count = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size > 0:
+                    count += 1
+        except Exception as err:
+            raise DataError(f"{path}: corrupt or truncated video ({err})") from None
+    finally:
+        container.close()
+    if count == 0 or h == 0 or w == 0:
+        raise DataError(f"{path}: video has no frames")
+    return count, h, w
+
+
+def read_video(path: Path, start: int = 0, count: Optional[int] = None) -> np.ndarray:
+    """Decode frames ``start .. start+count-1`` (all when ``count`` is None) to ``uint8 (T, H, W, 3)``."""
+    container = open_video(path)
+    frames: list[np.ndarray] = []
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        index = 0
+        for frame in container.decode(stream):
+            if index >= start:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if count is not None and len(frames) == count:
+                    break
+            index += 1
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: corrupt or truncated video ({err})") from None
+    finally:
+        container.close()
+    if count is not None and len(frames) < count:
+        raise DataError(
+            f"{path}: truncated video: expected frames {start}..{start + count - 1}, decoded {len(frames)}"
+        )
+    if not frames:
+        raise DataError(f"{path}: video has no frames")
+    return np.stack(frames)
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 24, codec: str = "libx264", crf: int = 10) -> None:
+    """Encode ``uint8 (H, W, 3)`` frames. ``libx264`` uses 4:4:4 chroma and the given CRF; ``ffv1`` is lossless."""
+    import av
+
+    path = Path(path)
+    container = av.open(str(path), mode="w")
+    try:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps)
+                stream.height, stream.width = frame.shape[:2]
+                if codec == "libx264":
+                    stream.pix_fmt = "yuv444p"
+                    stream.options = {"crf": str(crf), "preset": "slow"}
+                elif codec == "ffv1":
+                    stream.pix_fmt = "bgr0"
+                else:
+                    stream.pix_fmt = "yuv420p"
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    finally:
+        container.close()
