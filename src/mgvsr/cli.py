@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"mgvsr {command}", description=help_text)
     module.add_arguments(sub)
-    args = sub.parse_args(rest)
+    # Intermixed: dotted overrides may come before or after flags.
+    args = sub.parse_intermixed_args(rest)
     return int(module.run(args) or 0)
 
 

@@ -30,9 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cost model: FLOPs of the real model (default) or batch*T*patch^2",
     )
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
-    # Let flags and key=value overrides come in any order (`CONFIG --json a.b=1`): plain parse_args
-    # stops collecting the positional overrides at the first flag.
-    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
 
 
 def cost_function(cfg: Config, kind: str) -> Callable[[int, int, int], float]:

@@ -1,0 +1,61 @@
+"""End-of-run report: validation vs bicubic, PSNR-vs-time plot, side-by-side image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from mgvsr.config import Config
+from mgvsr.data import iter_clips
+from mgvsr.data.degrade import bicubic_resize
+from mgvsr.tracking import plot_psnr_vs_time, read_val_log, write_json
+from mgvsr.validation import evaluate_clips, super_resolve_clip
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int = 4) -> np.ndarray:
+    """MATLAB-style bicubic upsampling of a uint8 (T, h, w, 3) clip (the usual "Bicubic" row in papers)."""
+    return np.stack([bicubic_resize(frame, scale) for frame in lr])
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], out_path: Path) -> Path:
+    """Save uint8 HxWx3 panels next to each other with a caption above each."""
+    h = max(p.shape[0] for _, p in panels)
+    caption = 16
+    width = sum(p.shape[1] for _, p in panels) + 4 * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, h + caption), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for label, panel in panels:
+        canvas.paste(Image.fromarray(panel), (x, caption))
+        draw.text((x + 4, 2), label, fill="black")
+        x += panel.shape[1] + 4
+    canvas.save(out_path)
+    return Path(out_path)
+
+
+def final_report(model: torch.nn.Module, val_set, device: torch.device, cfg: Config, run_dir: Path) -> dict:
+    model.eval()
+    max_frames = cfg.data.val.max_frames if cfg.data.val is not None else 0
+    ours = evaluate_clips(lambda lr: super_resolve_clip(model, lr, device, cfg.train.amp), val_set, max_frames)
+    bicubic = evaluate_clips(bicubic_upscale, val_set, max_frames)
+    write_json(run_dir / "val_metrics.json", {"mgvsr": ours, "bicubic": bicubic})
+
+    plot = plot_psnr_vs_time({cfg.train.name: read_val_log(run_dir / "val_log.csv")}, run_dir / "psnr_vs_time.png")
+
+    # Side by side on the middle frame of the first validation clip.
+    name, lr, hr = next(iter(iter_clips(val_set, max_frames=max_frames)))
+    t = len(lr) // 2
+    sr = super_resolve_clip(model, lr, device, cfg.train.amp)[t]
+    bic = bicubic_upscale(lr[t : t + 1])[0]
+    image = side_by_side([("bicubic", bic), ("mgvsr", sr), ("ground truth", hr[t])], run_dir / "side_by_side.png")
+
+    avg, bic_avg = ours["average"], bicubic["average"]
+    return {
+        "val_psnr": avg["psnr"], "val_ssim": avg["ssim"], "val_psnr_y": avg["psnr_y"], "val_ssim_y": avg["ssim_y"],
+        "bicubic_psnr": bic_avg["psnr"], "bicubic_psnr_y": bic_avg["psnr_y"], "bicubic_ssim_y": bic_avg["ssim_y"],
+        "plot": str(plot), "side_by_side": f"{image} (clip {name}, frame {t})",
+        "summary": str(run_dir / "summary.json"),
+    }
