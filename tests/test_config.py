@@ -21,6 +21,8 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.train.seed == 7
     assert cfg.schedule.spatial_stages == [16, 24]
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    # YAML 1.1 reads 2e-3 (no dot) as a string; float fields accept it
+    assert load_config(path, ["optim.lr=2e-3"]).optim.lr == 0.002
 
 
 def test_nested_dataset_override_creates_section():

@@ -215,3 +215,13 @@ def test_write_results_handles_identical_frames(tmp_path):
     csv_path = write_results([result], tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["channels"]["y"]["average"]["psnr"] == "inf"
     assert "inf" in csv_path.read_text()
+
+
+def test_infer_model_config_reads_the_head_width():
+    from mgvsr.config import ModelConfig
+    from mgvsr.inference import infer_model_config
+    from mgvsr.models import build_model
+
+    state = build_model(ModelConfig(num_feat=8, num_block=2, head_feat=12)).state_dict()
+    cfg = infer_model_config(state)
+    assert (cfg.name, cfg.num_feat, cfg.num_block, cfg.head_feat) == ("basicvsr", 8, 2, 12)

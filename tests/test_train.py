@@ -218,3 +218,21 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dirs, monkeypatch
     assert [int(p.stem.split("_")[1]) for p in ckpts] == [4, 8]
     state = torch.load(ckpts[-1], weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_fresh_run_refuses_to_overwrite_an_existing_run(tmp_path, data_dirs):
+    from mgvsr.train import train
+
+    train_root, _ = data_dirs
+    cfg_path = write_config(tmp_path / "c.yaml", train_root, None, tmp_path / "runs",
+                            schedule={"kind": "fixed", "total_iters": 2, "num_frames": 2, "patch_size": 16,
+                                      "batch_size": 1},
+                            train={"name": "t", "out_dir": str(tmp_path / "runs"), "save_every": 1,
+                                   "val_every": 0, "tensorboard": False, "progress": False})
+    train(load_config(cfg_path))
+    before = sorted(p.name for p in (tmp_path / "runs" / "t" / "checkpoints").iterdir())
+    with pytest.raises(RuntimeError, match="already holds checkpoints.*--resume auto"):
+        train(load_config(cfg_path))
+    assert sorted(p.name for p in (tmp_path / "runs" / "t" / "checkpoints").iterdir()) == before
+    summary = train(load_config(cfg_path, ["train.resume=auto"]))  # nothing left to do: re-reports
+    assert summary["steps"] == 2

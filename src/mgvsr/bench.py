@@ -192,23 +192,34 @@ def run(args: argparse.Namespace) -> int:
     print(f"command: {command}\nmachine: {info}\nstarted: {started}", flush=True)
 
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    reference = variants[0][0]
     for seed in range(args.seeds):
         for name, overrides in variants:
             results[name].append(
                 run_variant(args.config, name, [*args.overrides, *overrides], seed, out, args.threads)
             )
-    reference = variants[0][0]
+            # Results so far (pairs of complete seeds), so an interrupted benchmark still reports.
+            done = {n: runs for n, runs in results.items() if runs}
+            n_ref = len(results[reference])
+            done = {n: runs[:n_ref] for n, runs in done.items() if n_ref and len(runs) >= 1}
+            text, plot = write_results(out, done, reference, command, info, started, args.config, variants)
+    print("\n" + text)
+    print(f"\nresults: {out / 'results.json'}\nplot: {plot}")
+    return 0
+
+
+def write_results(out: Path, results: dict, reference: str, command: str, info: dict, started: str,
+                  config: str, variants: list) -> tuple[str, Path]:
     table = compare(results, reference)
     text = format_table(table, reference)
-    print("\n" + text)
     curves = {f"{name} (seed {i})": r["curve"] for name, runs in results.items() for i, r in enumerate(runs)}
-    plot = plot_psnr_vs_time(curves, out / "psnr_vs_time.png")
+    bicubic = next(iter(results[reference]))["bicubic_psnr_y"]
+    plot = plot_psnr_vs_time(curves, out / "psnr_vs_time.png", references={f"bicubic ({bicubic:.2f} dB)": bicubic})
     write_json(out / "results.json", {
         "command": command, "machine": info, "started": started,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": args.config, "variants": {n: o for n, o in variants}, "reference": reference,
+        "config": config, "variants": {n: o for n, o in variants}, "reference": reference,
         "table": table, "runs": results,
     })
     (out / "results.txt").write_text(f"command: {command}\nmachine: {info}\nstarted: {started}\n\n{text}\n")
-    print(f"\nresults: {out / 'results.json'}\nplot: {plot}")
-    return 0
+    return text, plot

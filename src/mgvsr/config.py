@@ -128,8 +128,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     eta_min: float = 1e-7
-    # SPyNet (and IconVSR's EDVR extractor) learn at lr * flow_lr_mult and are frozen
-    # for the first fix_flow_iters steps (BasicVSR recipe).
+    # SPyNet learns at lr * flow_lr_mult; SPyNet and IconVSR's EDVR extractor are frozen for the
+    # first fix_flow_iters steps (BasicSR's BasicVSR recipe).
     flow_lr_mult: float = 0.125
     fix_flow_iters: int = 5000
     loss: Literal["charbonnier", "l1", "mse"] = "charbonnier"
@@ -231,6 +231,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -71,7 +71,7 @@ PROTOCOLS: dict[str, Protocol] = {
 
 # Dataset kind -> default protocol and split.
 DEFAULT_PROTOCOL = {"reds": "reds4", "vid4": "vid4", "vimeo": "vimeo-t"}
-DEFAULT_SPLIT = {"reds": "REDS4", "vimeo": "test"}
+DEFAULT_SPLIT = {"reds": "REDS4", "vimeo": "test", "prepared": "val"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,11 +28,11 @@ from typing import Optional
 from mgvsr.inference import (
     METADATA_KEY,
     InferenceError,
-    strip_wrapper_prefix,
     infer_model_config,
     model_config_from_dict,
     read_weights,
 )
+from mgvsr.models.weights import strip_wrapper_prefixes
 
 FORMATS = ("basicsr", "safetensors")
 
@@ -67,8 +67,8 @@ def export_weights(
         raise ExportError(f"{dst}: parent {dst.parent} is not a folder")
 
     info = read_weights(src)
-    state = strip_wrapper_prefix(info.state)
-    ema = strip_wrapper_prefix(info.ema) if info.ema is not None else None
+    state = strip_wrapper_prefixes(info.state)
+    ema = strip_wrapper_prefixes(info.ema) if info.ema is not None else None
     cfg = info.model_cfg or infer_model_config(ema or state, where=str(src))
     overrides = {k: v for k, v in (("name", name), ("num_feat", num_feat), ("num_block", num_block)) if v is not None}
     if overrides:

@@ -36,8 +36,9 @@ from torch import nn
 
 from mgvsr.config import ConfigError, ModelConfig, from_dict
 from mgvsr.metrics import tensor_to_uint8
+from mgvsr.models.weights import check_state, load_state, read_raw, sniff_format, strip_wrapper_prefixes
 
-AMP_CHOICES = ("none", "bf16")
+AMP_CHOICES = ("none", "bf16", "fp16")
 METADATA_KEY = "mgvsr_model_config"
 
 
@@ -58,7 +59,7 @@ class InferenceOptions:
     chunk_overlap: int = 2  # context frames read (and discarded) on each side of a chunk
     tile: int = 0  # LR tile size in pixels
     tile_overlap: int = 16  # LR context pixels read (and cropped away) on each side of a tile
-    amp: str = "none"  # "bf16": autocast on devices that support it
+    amp: str = "none"  # "bf16" / "fp16": autocast on devices that support it
 
     def check(self) -> None:
         for name in ("chunk", "chunk_overlap", "tile", "tile_overlap"):
@@ -69,11 +70,14 @@ class InferenceOptions:
             raise InferenceError(f"amp: {self.amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else MPS if available, else CPU; other names are checked."""
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> this process's CUDA device if available, else MPS, else CPU; other names are checked.
+
+    ``local_rank`` picks the GPU of a torchrun process for ``auto`` and for a bare ``cuda``.
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank)
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -82,22 +86,25 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as err:
         raise InferenceError(f"device: {name!r} is not a device name ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device: {name!r} requested but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(f"device: {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
     return device
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``amp == "bf16"`` where the device type supports it, else a no-op."""
+    """Autocast to bf16 / fp16 (``amp``) where the device type supports it; ``none`` = a no-op."""
     if amp == "none":
         return contextlib.nullcontext()
-    if amp != "bf16":
+    if amp not in AMP_CHOICES:
         raise InferenceError(f"amp: {amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InferenceError(f"amp: bf16 is not supported on {device}")
     if device.type not in ("cuda", "cpu", "mps", "xpu"):
-        raise InferenceError(f"amp: bf16 autocast is not available for device type {device.type!r}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        raise InferenceError(f"amp: autocast is not available for device type {device.type!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -296,14 +303,6 @@ def model_config_from_dict(fields: dict) -> ModelConfig:
     return from_dict({"model": fields}).model
 
 
-def strip_wrapper_prefix(state: dict) -> dict:
-    """Drop a ``module.`` (DDP), ``generator.`` (MMagic) or ``net_g.`` prefix shared by every key."""
-    for prefix in ("module.", "generator.", "net_g."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
     """Guess BasicVSR/IconVSR width and depth from BasicSR- or MMagic-style parameter names.
 
@@ -313,7 +312,7 @@ def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
     no parameters and keeps its default). Raises :class:`InferenceError` when the names are not those
     of either model.
     """
-    state = strip_wrapper_prefix(state)
+    state = strip_wrapper_prefixes(state)
     trunk = None
     for name in ("backward_trunk", "backward_resblocks"):  # BasicSR, MMagic
         if f"{name}.main.0.weight" in state:
@@ -330,6 +329,8 @@ def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
     if not blocks:
         raise InferenceError(f"{where}: found no residual blocks under '{trunk}.main.2.'")
     fields = {"name": "basicvsr", "num_feat": num_feat, "num_block": len(blocks)}
+    if "conv_hr.weight" in state:  # width of the HR head (64 in BasicSR/MMagic; smaller in CPU variants)
+        fields["head_feat"] = int(state["conv_hr.weight"].shape[0])
     if any(k.startswith(("edvr.", "backward_fusion.", "forward_fusion.")) for k in state):
         fields["name"] = "iconvsr"
         # EDVR's TSA fusion conv reads (2 * temporal_padding + 1) frames of num_feat channels.
@@ -363,17 +364,9 @@ def read_weights(path: str | Path) -> WeightsFile:
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"weights file not found: {path}")
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: u64 header length, then JSON
-        from mgvsr.models.weights import load_state
-
-        cfg = read_model_config_metadata(path)
-        return WeightsFile(path, "safetensors", load_state(str(path)), None, cfg)
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError for non-zip files, EOFError ...
-        raise InferenceError(f"{path}: cannot read as a PyTorch weights file with weights_only=True ({err})") from None
+    if sniff_format(path) == "safetensors":
+        return WeightsFile(path, "safetensors", load_state(str(path)), None, read_model_config_metadata(path))
+    obj = read_raw(path)  # weights_only=True; clear WeightsError for refused pickles / corrupt files
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         cfg = None
         config = obj.get("config")
@@ -386,8 +379,10 @@ def read_weights(path: str | Path) -> WeightsFile:
         if ema is not None and not isinstance(ema, dict):
             raise InferenceError(f"{path}: checkpoint 'ema' must be a state dict or None")
         return WeightsFile(path, "checkpoint", obj["model"], ema, cfg)
-    from mgvsr.models.weights import load_state
-
+    if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
+        # BasicSR: keep the raw weights and the EMA weights apart (export writes both back).
+        ema = load_state(str(path), key="params_ema") if isinstance(obj.get("params_ema"), dict) else None
+        return WeightsFile(path, "pth", load_state(str(path), key="params"), ema, None)
     return WeightsFile(path, "pth", load_state(str(path)), None, None)
 
 
@@ -415,9 +410,8 @@ def build_for_inference(
             cfg = model_config_from_dict(fields)
         except ConfigError as err:
             raise InferenceError(f"model options: {err}") from None
-    from mgvsr.models.weights import check_state
 
     model = build_model(cfg)
-    model.load_state_dict(check_state(model, strip_wrapper_prefix(state), str(weights), strict=True), strict=True)
+    model.load_state_dict(check_state(model, strip_wrapper_prefixes(state), str(weights), strict=True), strict=True)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     return model.to(device).eval(), cfg

@@ -10,14 +10,9 @@ from PIL import Image, ImageDraw
 
 from mgvsr.config import Config
 from mgvsr.data import iter_clips
-from mgvsr.data.degrade import bicubic_resize
+from mgvsr.evaluate import bicubic_upscaler
 from mgvsr.tracking import plot_psnr_vs_time, read_val_log, write_json
 from mgvsr.validation import evaluate_clips, super_resolve_clip
-
-
-def bicubic_upscale(lr: np.ndarray, scale: int = 4) -> np.ndarray:
-    """MATLAB-style bicubic upsampling of a uint8 (T, h, w, 3) clip (the usual "Bicubic" row in papers)."""
-    return np.stack([bicubic_resize(frame, scale) for frame in lr])
 
 
 def side_by_side(panels: list[tuple[str, np.ndarray]], out_path: Path) -> Path:
@@ -36,20 +31,27 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], out_path: Path) -> Path:
     return Path(out_path)
 
 
-def final_report(model: torch.nn.Module, val_set, device: torch.device, cfg: Config, run_dir: Path) -> dict:
+def final_report(model: torch.nn.Module, val_set, cfg: Config, run_dir: Path, ours: dict | None = None) -> dict:
+    """Score the final model (unless ``ours`` already holds its validation) and bicubic; write the
+    plot and the side-by-side image; return the summary fields."""
     model.eval()
     max_frames = cfg.data.val.max_frames if cfg.data.val is not None else 0
-    ours = evaluate_clips(lambda lr: super_resolve_clip(model, lr, device, cfg.train.amp), val_set, max_frames)
-    bicubic = evaluate_clips(bicubic_upscale, val_set, max_frames)
+    if ours is None:
+        ours = evaluate_clips(lambda lr: super_resolve_clip(model, lr, cfg.train.amp), val_set, max_frames)
+    bicubic = evaluate_clips(bicubic_upscaler(4), val_set, max_frames)
     write_json(run_dir / "val_metrics.json", {"mgvsr": ours, "bicubic": bicubic})
 
-    plot = plot_psnr_vs_time({cfg.train.name: read_val_log(run_dir / "val_log.csv")}, run_dir / "psnr_vs_time.png")
+    plot = plot_psnr_vs_time(
+        {cfg.train.name: read_val_log(run_dir / "val_log.csv")},
+        run_dir / "psnr_vs_time.png",
+        references={f"bicubic ({bicubic['average']['psnr_y']:.2f} dB)": bicubic["average"]["psnr_y"]},
+    )
 
     # Side by side on the middle frame of the first validation clip.
     name, lr, hr = next(iter(iter_clips(val_set, max_frames=max_frames)))
     t = len(lr) // 2
-    sr = super_resolve_clip(model, lr, device, cfg.train.amp)[t]
-    bic = bicubic_upscale(lr[t : t + 1])[0]
+    sr = super_resolve_clip(model, lr, cfg.train.amp)[t]
+    bic = bicubic_upscaler(4)(lr[t : t + 1])[0]
     image = side_by_side([("bicubic", bic), ("mgvsr", sr), ("ground truth", hr[t])], run_dir / "side_by_side.png")
 
     avg, bic_avg = ours["average"], bicubic["average"]

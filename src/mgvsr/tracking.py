@@ -122,8 +122,14 @@ def read_val_log(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
 
 
-def plot_psnr_vs_time(curves: dict[str, list[dict[str, float]]], out_path: Path, key: str = "psnr_y") -> Path:
-    """Plot validation PSNR against training wall-clock seconds, one line per run."""
+def plot_psnr_vs_time(
+    curves: dict[str, list[dict[str, float]]],
+    out_path: Path,
+    key: str = "psnr_y",
+    references: dict[str, float] | None = None,
+) -> Path:
+    """Plot validation PSNR against training wall-clock seconds, one line per run (plus optional
+    horizontal reference lines, e.g. bicubic upsampling)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,6 +140,10 @@ def plot_psnr_vs_time(curves: dict[str, list[dict[str, float]]], out_path: Path,
         rows = [r for r in rows if math.isfinite(r.get(key, float("nan")))]
         if rows:
             ax.plot([r["wall_time"] / 60 for r in rows], [r[key] for r in rows], marker="o", ms=3, label=label)
+    for label, value in (references or {}).items():
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1)
+        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), xytext=(4, 3),
+                    textcoords="offset points", color="gray", fontsize=8)
     ax.set_xlabel("training wall-clock time (min)")
     ax.set_ylabel("validation PSNR-Y (dB)" if key == "psnr_y" else f"validation {key}")
     ax.grid(alpha=0.3)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from mgvsr import __version__
 from mgvsr.checkpoint import Checkpointer, rng_state, set_rng_state
 from mgvsr.config import Config, load_config, save_config, to_dict
-from mgvsr.data import AugmentConfig, build_dataset, check_shape, make_batch
+from mgvsr.data import AugmentConfig, StepBatches, build_dataset, check_shape
 from mgvsr.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from mgvsr.inference import autocast_context
 from mgvsr.losses import pixel_loss
 from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
@@ -45,48 +47,72 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
-class MicroBatches(torch.utils.data.Dataset):
-    """Item k = micro-batch ``k % accum`` of step ``k // accum`` for this rank.
+# Sections whose change would make a resumed run a different experiment (logging, validation and
+# loader settings may change freely).
+RESUME_KEYS = ("model", "schedule", "optim", "data.train", "data.use_flip", "data.use_rot",
+               "data.use_reverse", "data.intervals", "train.seed")
 
-    Micro-batches act as extra "virtual ranks" (rank * accum + micro of world * accum), so one process
-    with accumulation sees the same samples as several processes without it.
-    """
 
-    def __init__(self, dataset, cfg: Config, dist: DistInfo):
-        self.dataset = dataset
-        self.shape_fn = ShapeFn(cfg, dist.world_size)
-        self.seed = cfg.train.seed
-        self.accum = cfg.optim.accum_steps
-        self.rank, self.world = dist.rank, dist.world_size
-        self.aug = AugmentConfig(flip=cfg.data.use_flip, rot=cfg.data.use_rot, reverse=cfg.data.use_reverse)
-        self.intervals = list(cfg.data.intervals)
-        self.total = cfg.schedule.total_iters * self.accum
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+    return tree
 
-    def __len__(self) -> int:
-        return self.total
 
-    def __getitem__(self, k: int):
-        step, micro = divmod(k, self.accum)
-        num_frames, patch, batch = self.shape_fn(step)
-        return make_batch(
-            self.dataset,
-            seed=self.seed,
-            step=step,
-            rank=self.rank * self.accum + micro,
-            world_size=self.world * self.accum,
-            num_frames=num_frames,
-            lr_patch=patch,
-            batch_size=batch,
-            aug=self.aug,
-            intervals=self.intervals,
+def _diff(old, new, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def check_resumable(state: dict, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint of a different experiment, or one past the end of this run."""
+    saved, current = state.get("config", {}), to_dict(cfg)
+    changes = []
+    for key in RESUME_KEYS:
+        changes += _diff(_lookup(saved, key), _lookup(current, key), key)
+    changes = [c for c in changes if not c.startswith("model.init_weights")]
+    if changes:
+        raise RuntimeError(
+            f"{path} was written by a run with a different config ({'; '.join(changes[:6])}"
+            f"{' ...' if len(changes) > 6 else ''}). Resume with the same config, or start a new run "
+            "(another train.name)."
+        )
+    if int(state["step"]) > cfg.schedule.total_iters:
+        raise RuntimeError(
+            f"{path} is at step {state['step']}, past schedule.total_iters={cfg.schedule.total_iters}"
         )
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+class StopRequest:
+    """Within ``with StopRequest() as stop``, the first Ctrl-C or SIGTERM sets ``stop.requested`` so the
+    loop can finish its step and save; a second one interrupts at once. Handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        print(f"\n{self.requested}: stopping after this step (again to stop now)", flush=True)
 
 
 def _gather_rng(dist: DistInfo) -> list:
@@ -119,7 +145,7 @@ def train(cfg: Config) -> dict:
     # ---- data: fail early if any scheduled shape does not fit the data -------------------------
     train_set = build_dataset(cfg.data.train, scale=cfg.model.scale)
     for phase in phases(cfg, world):
-        check_shape(train_set, phase.num_frames, phase.patch_size)
+        check_shape(train_set, phase.num_frames, phase.patch_size, cfg.data.intervals)
     val_set = build_dataset(cfg.data.val, scale=cfg.model.scale) if cfg.data.val is not None else None
 
     # ---- resume --------------------------------------------------------------------------------
@@ -130,12 +156,23 @@ def train(cfg: Config) -> dict:
         resume_path = ckpt.latest()
     elif cfg.train.resume != "none":
         resume_path = Path(cfg.train.resume)
+    elif ckpt.checkpoints():
+        raise RuntimeError(
+            f"run folder {run_dir} already holds checkpoints (newest: {ckpt.checkpoints()[-1][1].name}); "
+            "continue it with --resume auto (train.resume=auto) or start a new run with another train.name"
+        )
+    if dist.is_main:
+        ckpt.remove_temp_files()  # left by a save that was killed mid-write
     if resume_path is not None:
         state = ckpt.load(resume_path)
+        check_resumable(state, cfg, resume_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+        for group, fresh in zip(optimizer.param_groups, make_optimizer(model, cfg.optim).param_groups):
+            group["base_lr"] = fresh["base_lr"]
+        if ema is not None:
+            # A checkpoint written without EMA starts the average from the resumed weights.
+            ema.load_state_dict(state["ema"] if state.get("ema") is not None else model.state_dict())
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
@@ -157,8 +194,13 @@ def train(cfg: Config) -> dict:
         run_dir, total, start_step, enabled=dist.is_main,
         tensorboard=cfg.train.tensorboard, progress=cfg.train.progress,
     )
+    batches_by_index = StepBatches(
+        train_set, ShapeFn(cfg, world), seed=cfg.train.seed, rank=dist.rank, world_size=world,
+        aug=AugmentConfig(flip=cfg.data.use_flip, rot=cfg.data.use_rot, reverse=cfg.data.use_reverse),
+        intervals=cfg.data.intervals, accum_steps=accum,
+    )
     loader = torch.utils.data.DataLoader(
-        MicroBatches(train_set, cfg, dist),
+        batches_by_index,
         batch_size=None,
         sampler=range(start_step * accum, total * accum),
         num_workers=cfg.data.num_workers,
@@ -205,92 +247,106 @@ def train(cfg: Config) -> dict:
 
     # ---- the loop ------------------------------------------------------------------------------
     last_loss = float("nan")
-    for step in range(start_step, total):
-        spec = spec_at(cfg, step, world)
-        lr = set_lr(optimizer, spec.lr_mult)
-        if flow_frozen(step, cfg.optim) != frozen:
-            frozen = not frozen
-            net = wrap(frozen)
+    last_val = None  # (step, metrics) of the latest validation
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, exit
+        for step in range(start_step, total):
+            spec = spec_at(cfg, step, world)
+            lr = set_lr(optimizer, spec.lr_mult)
+            if flow_frozen(step, cfg.optim) != frozen:
+                frozen = not frozen
+                net = wrap(frozen)
 
-        t_start = time.perf_counter()
-        data_wait = 0.0
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(accum):
-            t_data = time.perf_counter()
-            lr_clip, hr_clip = next(batches)
-            data_wait += time.perf_counter() - t_data
-            lr_clip = lr_clip.to(device, non_blocking=True)
-            hr_clip = hr_clip.to(device, non_blocking=True)
-            sync = net.no_sync() if dist.enabled and micro < accum - 1 else contextlib.nullcontext()
-            with sync:
-                with _autocast(device, cfg.train.amp):
-                    out = net(lr_clip)
-                loss = pixel_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps) / accum
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            loss_sum += loss.detach()
+            t_start = time.perf_counter()
+            data_wait = 0.0
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                t_data = time.perf_counter()
+                lr_clip, hr_clip = next(batches)
+                data_wait += time.perf_counter() - t_data
+                lr_clip = lr_clip.to(device, non_blocking=True)
+                hr_clip = hr_clip.to(device, non_blocking=True)
+                sync = net.no_sync() if dist.enabled and micro < accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast_context(device, cfg.train.amp):
+                        out = net(lr_clip)
+                    loss = pixel_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps) / accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_sum += loss.detach()
 
-        # Gradients are already averaged over ranks here, so every rank takes the same decision.
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        loss_value = float(all_reduce_mean(loss_sum))
-        if math.isfinite(loss_value) and math.isfinite(float(grad_norm)):
+            # Gradients are already averaged over ranks here, so every rank takes the same decision.
             if scaler is not None:
+                scaler.unscale_(optimizer)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+            loss_value = float(all_reduce_mean(loss_sum))
+            finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+            if scaler is not None:
+                # fp16: the scaler skips steps with inf/NaN gradients itself and lowers its scale; such
+                # overflows are normal early on and count as bad steps only when the loss itself is not finite.
                 scaler.step(optimizer)
                 scaler.update()
-            else:
+                finite = math.isfinite(loss_value)
+            elif finite:
                 optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            bad_streak = 0
-            last_loss = loss_value
-        else:
-            skipped += 1
-            bad_streak += 1
-            tracker.write(f"step {step}: non-finite loss/gradient ({loss_value}, {float(grad_norm)}); skipped")
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_time = time.perf_counter() - t_start
-        train_time += step_time
-        data_time += data_wait
-        step_done = step + 1
+            if finite:
+                if ema is not None and math.isfinite(float(grad_norm)):
+                    ema.update(model)
+                bad_streak = 0
+                last_loss = loss_value
+            else:
+                skipped += 1
+                bad_streak += 1
+                tracker.write(f"step {step}: non-finite loss/gradient ({loss_value}, {float(grad_norm)}); skipped")
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_time = time.perf_counter() - t_start
+            train_time += step_time
+            data_time += data_wait
+            step_done = step + 1
 
-        row = {
-            "step": step_done, "wall_time": round(train_time, 4), "loss": loss_value, "lr": lr,
-            "stage": spec.stage, "num_frames": spec.num_frames, "patch_size": spec.patch_size,
-            "batch_size": spec.batch_size, "data_wait": round(data_wait, 5),
-            "compute": round(step_time - data_wait, 5), "skipped": skipped,
-        }
-        if step_done % cfg.train.log_every == 0 or step_done == total or bad_streak:
-            tracker.log_train(row)
-        if bad_streak >= cfg.train.max_bad_steps:
-            tracker.close()
-            latest = ckpt.latest() if dist.is_main else None
-            cleanup()
-            raise NonFiniteError(
-                f"{bad_streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
-                f"stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
-                "Lower optim.lr, set optim.grad_clip, or check the data; resume with train.resume=auto."
-            )
-        tracker.update_bar(1, {
-            "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
-            "loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}",
-        })
+            row = {
+                "step": step_done, "wall_time": round(train_time, 4), "loss": loss_value, "lr": lr,
+                "stage": spec.stage, "num_frames": spec.num_frames, "patch_size": spec.patch_size,
+                "batch_size": spec.batch_size, "data_wait": round(data_wait, 5),
+                "compute": round(step_time - data_wait, 5), "skipped": skipped,
+            }
+            if step_done % cfg.train.log_every == 0 or step_done == total or bad_streak:
+                tracker.log_train(row)
+            if bad_streak >= cfg.train.max_bad_steps:
+                tracker.close()
+                latest = ckpt.latest() if dist.is_main else None
+                cleanup()
+                raise NonFiniteError(
+                    f"{bad_streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
+                    f"stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
+                    "Lower optim.lr, set optim.grad_clip, or check the data; resume with train.resume=auto."
+                )
+            tracker.update_bar(1, {
+                "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
+                "loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}",
+            })
 
-        if cfg.train.val_every and val_set is not None and (
-            step_done % cfg.train.val_every == 0 or step_done == total
-        ):
-            if dist.is_main:
-                eval_model = ema.model if ema is not None else model
-                metrics = validate(eval_model, val_set, device, cfg.data.val.max_frames, cfg.train.amp)
-                tracker.log_val({"step": step_done, "wall_time": round(train_time, 4), **metrics["average"]})
-                model.train()
-            barrier()
-        if step_done % cfg.train.save_every == 0 or step_done == total:
-            save(step_done)
+            # Save first: a failing validation (or a stop request) must not cost the steps since the last save.
+            if step_done % cfg.train.save_every == 0 or step_done == total or stop.requested:
+                save(step_done)
+            if stop.requested:
+                tracker.close()
+                cleanup()
+                print(f"\nstopped by {stop.requested} after step {step_done}; checkpoint saved. "
+                      "Continue with --resume auto.", flush=True)
+                raise SystemExit(130)
+            if cfg.train.val_every and val_set is not None and (
+                step_done % cfg.train.val_every == 0 or step_done == total
+            ):
+                if dist.is_main:
+                    eval_model = ema.model if ema is not None else model
+                    val_metrics = validate(eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
+                    last_val = (step_done, val_metrics)
+                    tracker.log_val({"step": step_done, "wall_time": round(train_time, 4), **val_metrics["average"]})
+                    model.train()
+                barrier()
 
     tracker.close()
     summary = None
@@ -316,7 +372,8 @@ def train(cfg: Config) -> dict:
         }
         if val_set is not None:
             eval_model = ema.model if ema is not None else model
-            summary.update(final_report(eval_model, val_set, device, cfg, run_dir))
+            final_val = last_val[1] if last_val is not None and last_val[0] == total else None
+            summary.update(final_report(eval_model, val_set, cfg, run_dir, final_val))
         write_json(run_dir / "summary.json", summary)
     barrier()
     cleanup()

@@ -28,10 +28,12 @@ from typing import Iterator, Optional
 import numpy as np
 from torch import nn
 
+from mgvsr.data.io import IMAGE_EXTS, natural_key
+from mgvsr.data.io import VIDEO_EXTS as READABLE_VIDEO_EXTS
 from mgvsr.inference import InferenceError, InferenceOptions, stream_frames
 
+# Containers we write H.264 into; other video extensions (e.g. .webm) are refused as output.
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".m4v")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FOLDER_FPS = Fraction(24)
 
 
@@ -67,7 +69,7 @@ def open_source(path: str | Path, fps: Optional[Fraction] = None) -> Source:
         raise UpscaleError(f"{path}: input not found")
     if path.is_dir():
         files = sorted(
-            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS), key=lambda p: _natural(p.name)
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS), key=lambda p: natural_key(p.name)
         )
         if not files:
             raise UpscaleError(f"{path}: folder has no image frames ({', '.join(IMAGE_EXTS)})")
@@ -91,12 +93,6 @@ def open_source(path: str | Path, fps: Optional[Fraction] = None) -> Source:
         return Source(path, True, Fraction(fps or rate), count, bool(container.streams.audio))
     finally:
         container.close()
-
-
-def _natural(name: str) -> list:
-    import re
-
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
@@ -307,6 +303,8 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise UpscaleError(f"{output}: cannot create the output folder {parent} ({err.strerror})") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UpscaleError(f"{output}: output folder {parent} is not writable")
+    if output.suffix.lower() in READABLE_VIDEO_EXTS and not is_video_path(output):
+        raise UpscaleError(f"{output}: cannot write H.264 into a {output.suffix} file; use one of {', '.join(VIDEO_EXTS)}")
     if is_video_path(output):
         if output.is_dir():
             raise UpscaleError(f"{output}: is a folder, expected a video file name")

@@ -4,7 +4,7 @@ Public API::
 
     build_dataset(cfg: DatasetConfig, scale=4) -> ClipSource
     make_batch(dataset, seed=, step=, rank=, world_size=, num_frames=, lr_patch=, batch_size=, aug=, intervals=)
-    StepBatches(dataset, shape_fn, seed, rank, world_size, aug, intervals)   # ds[step] -> (lr, hr)
+    StepBatches(dataset, shape_fn, seed, rank, world_size, aug, intervals, accum_steps)  # ds[k] -> (lr, hr)
     iter_clips(dataset, max_frames=0)   # yields (name, lr uint8 (T,h,w,3), hr uint8 (T,4h,4w,3))
     check_shape(dataset, num_frames, lr_patch)
 """

@@ -72,9 +72,13 @@ def resize_frame(frame: np.ndarray, hw: Optional[tuple[int, int]], scale: int) -
 
 
 def detail(frames: np.ndarray) -> float:
-    """Mean absolute horizontal+vertical gradient of the luma (0-255 scale): texture score."""
+    """Texture score of the clip's flattest frame: mean absolute horizontal+vertical luma gradient
+    (0-255 scale). A fade from black scores ~0 even if its last frames are detailed."""
     y = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return float(np.abs(np.diff(y, axis=-1)).mean() + np.abs(np.diff(y, axis=-2)).mean())
+    if y.ndim == 2:
+        y = y[None]
+    per_frame = np.abs(np.diff(y, axis=-1)).mean(axis=(-2, -1)) + np.abs(np.diff(y, axis=-2)).mean(axis=(-2, -1))
+    return float(per_frame.min())
 
 
 def max_frame_change(frames: np.ndarray) -> float:

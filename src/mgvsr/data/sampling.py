@@ -140,26 +140,34 @@ def make_batch(dataset: ClipSource, *, seed: int, step: int, rank: int = 0, worl
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """``ds[step] -> (lr, hr)``: the batch of ``step`` with the shape ``shape_fn(step) = (T, lr_patch, batch)``.
+    """``ds[k]``: the batch of step ``k // accum_steps`` (micro-batch ``k % accum_steps``) for this rank,
+    with the shape ``shape_fn(step) = (T, lr_patch, batch)``.
 
-    Use with ``DataLoader(ds, batch_size=None, sampler=range(start, total))`` so workers prefetch future
-    steps. ``shape_fn`` must be picklable when ``num_workers > 0``.
+    With gradient accumulation each micro-batch acts as an extra "virtual rank" (``rank * accum + micro``
+    of ``world_size * accum``), so one process accumulating ``a`` micro-batches sees exactly the samples
+    that ``a`` processes would. Use with ``DataLoader(ds, batch_size=None,
+    sampler=range(start * accum, total * accum))`` so workers prefetch future steps; ``shape_fn`` must be
+    picklable when ``num_workers > 0``.
     """
 
     def __init__(self, dataset: ClipSource, shape_fn: Callable[[int], tuple[int, int, int]], seed: int,
                  rank: int = 0, world_size: int = 1, aug: AugmentConfig = AugmentConfig(),
-                 intervals: Sequence[int] = (1,)):
+                 intervals: Sequence[int] = (1,), accum_steps: int = 1):
+        if accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
         self.dataset = dataset
         self.shape_fn = shape_fn
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.aug = aug
         self.intervals = tuple(intervals)
+        self.accum = accum_steps
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        num_frames, lr_patch, batch_size = self.shape_fn(int(step))
-        return make_batch(self.dataset, seed=self.seed, step=int(step), rank=self.rank, world_size=self.world_size,
-                          num_frames=num_frames, lr_patch=lr_patch, batch_size=batch_size, aug=self.aug,
-                          intervals=self.intervals)
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        step, micro = divmod(int(k), self.accum)
+        num_frames, lr_patch, batch_size = self.shape_fn(step)
+        return make_batch(self.dataset, seed=self.seed, step=step, rank=self.rank * self.accum + micro,
+                          world_size=self.world_size * self.accum, num_frames=num_frames, lr_patch=lr_patch,
+                          batch_size=batch_size, aug=self.aug, intervals=self.intervals)
 
 
 def iter_clips(dataset: ClipSource, max_frames: int = 0) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

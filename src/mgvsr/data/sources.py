@@ -360,6 +360,11 @@ def video_source(root: Path, degradation: str, clips, scale: int, clip_len: int)
             names.append(f"{path.stem}_{k:04d}")
             segments.append(VideoSegment(path, k * clip_len, clip_len))
             hw.append((h, w))
+    seen: dict[str, Path] = {}
+    for name, seg in zip(names, segments):
+        if name in seen and seen[name] != seg.path:
+            raise DataError(f"{seg.path} and {seen[name]}: two videos give the clip name '{name}'; rename one")
+        seen[name] = seg.path
     keep = _select(names, clips, str(root))
     position = {n: k for k, n in enumerate(names)}
     sel = [position[c] for c in keep]

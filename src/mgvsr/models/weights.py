@@ -79,12 +79,19 @@ def _strip_prefix(state: Mapping[str, object], prefix: str) -> dict[str, object]
     return dict(state)
 
 
+def strip_wrapper_prefixes(state: Mapping[str, object]) -> dict[str, object]:
+    """Drop a DDP ``module.`` and an MMagic ``generator.`` prefix shared by every key."""
+    for prefix in ("module.", "generator."):
+        state = _strip_prefix(state, prefix)
+    return dict(state)
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
 
 
-def _sniff(path: Path) -> str:
+def sniff_format(path: Path) -> str:
     """'safetensors', 'torch' (zip or legacy pickle) or 'unknown' from the first bytes."""
     with open(path, "rb") as f:
         head = f.read(16)
@@ -95,8 +102,9 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _read_raw(path: Path) -> object:
-    kind = _sniff(path)
+def read_raw(path: Path) -> object:
+    """The file's top-level object: a safetensors dict, or what ``torch.load(weights_only=True)`` gives."""
+    kind = sniff_format(path)
     if kind == "safetensors":
         from safetensors.torch import load_file
 
@@ -160,7 +168,7 @@ def load_state(path: PathLike, key: str = "auto", map_mmagic: bool = True) -> St
     path = Path(path)
     if not path.is_file():
         raise WeightsFileNotFoundError(f"weights file not found: {path}")
-    raw = _read_raw(path)
+    raw = read_raw(path)
     if not isinstance(raw, Mapping):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(raw).__name__}")
     state = _select_entry(raw, key, path)
