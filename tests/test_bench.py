@@ -43,3 +43,12 @@ def test_compare_pairs_runs_by_seed():
     assert row["time_to_reach_ref_speedup"] is None
     assert table["baseline"]["speedup"] == pytest.approx(1.0)
     assert "multigrid" in format_table(table, "baseline")
+
+
+def test_reach_within_tolerance():
+    base = [_run(100.0, 30.0, 1000.0, [{"wall_time": 100.0, "psnr_y": 30.0}])]
+    mg = [_run(50.0, 29.97, 500.0, [{"wall_time": 25.0, "psnr_y": 29.0}, {"wall_time": 50.0, "psnr_y": 29.97}])]
+    row = compare({"baseline": base, "multigrid": mg}, "baseline")["multigrid"]
+    assert row["time_to_reach_ref_speedup"] is None  # never reaches 30.0 exactly
+    # 29.95 dB (= 30.0 - 0.05) is reached at 25 + 25 * 0.95 / 0.97 s
+    assert row["time_to_reach_ref_tol_speedup"] == pytest.approx(100.0 / (25.0 + 25.0 * 0.95 / 0.97))
