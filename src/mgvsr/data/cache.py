@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mgvsr.data.io import DataError
+from mgvsr.data.io import DataError, read_json_file
 from mgvsr.data.sources import ClipInfo, ClipSource
 
 CACHE_INDEX = "cache.json"
@@ -119,12 +119,7 @@ def open_cache(cache_dir: Path, expect: Optional[dict] = None, clips: Optional[S
     """Open a cache written by :func:`write_cache`. ``expect`` keys (e.g. kind, split) must match its origin."""
     cache_dir = Path(cache_dir)
     index_path = cache_dir / CACHE_INDEX
-    if not index_path.is_file():
-        raise DataError(f"{index_path}: cache index not found (build it with `mgvsr prepare --cache`)")
-    try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{index_path}: not valid JSON ({err})") from None
+    index = read_json_file(index_path, "cache index not found (build it with `mgvsr prepare --cache`)")
     if index.get("format") != CACHE_FORMAT:
         raise DataError(f"{index_path}: unknown format {index.get('format')!r} (expected {CACHE_FORMAT!r})")
     for key, value in (expect or {}).items():

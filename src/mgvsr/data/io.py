@@ -6,6 +6,8 @@ frames is ``(T, H, W, 3)``. Every failure raises :class:`DataError` naming the f
 
 from __future__ import annotations
 
+import json
+
 import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -193,3 +195,13 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 24, codec: 
                 container.mux(packet)
     finally:
         container.close()
+
+
+def read_json_file(path: Path, missing_hint: str) -> dict:
+    """Parse a JSON index file; a missing or malformed file raises DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: {missing_hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None

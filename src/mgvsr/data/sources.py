@@ -25,7 +25,6 @@ degrade whole frames.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,6 +38,7 @@ from mgvsr.data.io import (
     list_images,
     natural_key,
     read_images,
+    read_json_file,
     read_video,
     video_info,
 )
@@ -376,12 +376,7 @@ MANIFEST = "manifest.json"
 
 def read_manifest(root: Path) -> dict:
     path = root / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path}: manifest not found (build the dataset with `mgvsr prepare`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+    manifest = read_json_file(path, "manifest not found (build the dataset with `mgvsr prepare`)")
     for key in ("format", "clips"):
         if key not in manifest:
             raise DataError(f"{path}: missing key '{key}'")
