@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mgvsr.inference import InferenceError, InferenceOptions, frames_to_tensor, run_clip
+from mgvsr.inference import InferenceError, InferenceOptions, add_model_arguments, frames_to_tensor, run_clip
 from mgvsr.metrics import ClipAverager, psnr, ssim, tensor_to_uint8
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
@@ -290,11 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-overlap", type=int, default=2, help="context frames on each side of a chunk")
     parser.add_argument("--tile", type=int, default=0, help="LR tile size in pixels (0 = whole frame)")
     parser.add_argument("--tile-overlap", type=int, default=16, help="LR context pixels on each side of a tile")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
-    parser.add_argument("--model", choices=["basicvsr", "iconvsr"], help="override the model kind from the weights")
-    parser.add_argument("--num-feat", type=int, help="override the width from the weights")
-    parser.add_argument("--num-block", type=int, help="override the depth from the weights")
+    add_model_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

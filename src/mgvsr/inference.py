@@ -70,6 +70,15 @@ class InferenceOptions:
             raise InferenceError(f"amp: {self.amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
 
 
+def add_model_arguments(parser) -> None:
+    """CLI flags shared by ``mgvsr eval`` and ``mgvsr upscale``: device, autocast, model overrides."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
+    parser.add_argument("--model", choices=["basicvsr", "iconvsr"], help="override the model kind from the weights")
+    parser.add_argument("--num-feat", type=int, help="override the width from the weights")
+    parser.add_argument("--num-block", type=int, help="override the depth from the weights")
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this process's CUDA device if available, else MPS, else CPU; other names are checked.
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from mgvsr.data.io import IMAGE_EXTS, natural_key
 from mgvsr.data.io import VIDEO_EXTS as READABLE_VIDEO_EXTS
-from mgvsr.inference import InferenceError, InferenceOptions, stream_frames
+from mgvsr.inference import InferenceError, InferenceOptions, add_model_arguments, stream_frames
 
 # Containers we write H.264 into; other video extensions (e.g. .webm) are refused as output.
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".m4v")
@@ -385,12 +385,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=16, help="LR context pixels on each side of a tile")
     parser.add_argument("--crf", type=int, default=18, help="x264 constant rate factor (0 = lossless, 18 ~ visually lossless)")
     parser.add_argument("--fps", type=Fraction, help="frame rate for frame-folder inputs (default 24)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output video")
-    parser.add_argument("--model", choices=["basicvsr", "iconvsr"], help="override the model kind from the weights")
-    parser.add_argument("--num-feat", type=int, help="override the width from the weights")
-    parser.add_argument("--num-block", type=int, help="override the depth from the weights")
+    add_model_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
