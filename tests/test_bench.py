@@ -1,8 +1,8 @@
 """The benchmark's bookkeeping: variant parsing, time-to-reach interpolation, paired comparisons."""
 
-import pytest
-
 import json
+
+import pytest
 
 from mgvsr.bench import compare, finished_run, format_table, mean_curve, parse_variant, time_to_reach
 from mgvsr.config import load_config, save_config

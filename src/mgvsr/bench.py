@@ -208,16 +208,19 @@ def compare(results: dict[str, list[dict]], reference: str) -> dict:
     return table
 
 
+def _ratio_or_never(value: float | None) -> str:
+    return f"{value:.2f}x" if value else "never"
+
+
 def format_table(table: dict, reference: str) -> str:
     head = (f"{'variant':<16}{'time (s)':>10}{'PSNR':>8}{'PSNR-Y':>8}{'SSIM-Y':>8}{'dPSNR-Y':>9}"
             f"{'speedup':>9}{'FLOPx':>7}{'eff':>6}{'reach':>7}{'reach-tol':>10}{'tol-avg':>8}{'wait':>7}")
     lines = [head, "-" * len(head)]
     for name, r in table.items():
-        reach = f"{r['time_to_reach_ref_speedup']:.2f}x" if r["time_to_reach_ref_speedup"] else "never"
-        tol = r.get("time_to_reach_ref_tol_speedup")
-        reach_tol = f"{tol:.2f}x" if tol else "never"
-        tol = r.get("time_to_reach_ref_tol_mean_speedup")
-        tol_avg = f"{tol:.2f}x" if tol else "never"
+        reach, reach_tol, tol_avg = (
+            _ratio_or_never(r.get(key)) for key in
+            ("time_to_reach_ref_speedup", "time_to_reach_ref_tol_speedup", "time_to_reach_ref_tol_mean_speedup")
+        )
         lines.append(
             f"{name:<16}{r['train_time_s']:>10.1f}{r['val_psnr']:>8.2f}{r['val_psnr_y']:>8.2f}{r['val_ssim_y']:>8.4f}"
             f"{r['psnr_y_diff']:>+9.3f}{r['speedup']:>8.2f}x{r['flop_ratio']:>6.2f}x{r['speedup_over_flop_ratio']:>6.2f}"

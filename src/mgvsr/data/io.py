@@ -7,7 +7,6 @@ frames is ``(T, H, W, 3)``. Every failure raises :class:`DataError` naming the f
 from __future__ import annotations
 
 import json
-
 import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
