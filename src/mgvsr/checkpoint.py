@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mgvsr.errors import MgvsrError
+
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MgvsrError, RuntimeError):
     """A checkpoint file cannot be read; the message names the file."""
 
 

@@ -3,6 +3,12 @@
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``. The module is imported only when its subcommand is used, so ``mgvsr --help``
 stays fast (no torch import).
+
+Errors are reported here, once for every command: an :class:`~mgvsr.errors.MgvsrError` (a bad config
+key, a missing dataset root, an unreadable weights file or checkpoint, ...) becomes one line
+``mgvsr CMD: error: MESSAGE`` on stderr and a non-zero exit status (2 unless the error class says
+otherwise); under torchrun every rank exits that way. Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import importlib
 import sys
 
 from mgvsr import __version__
+from mgvsr.errors import MgvsrError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -67,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     # Intermixed: dotted overrides may come before or after flags.
     args = sub.parse_intermixed_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except MgvsrError as err:  # bad input: one line, no traceback (other exceptions are bugs: traceback)
+        print(f"mgvsr {command}: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training loop
+        print(f"\nmgvsr {command}: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

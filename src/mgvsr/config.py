@@ -17,8 +17,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from mgvsr.errors import MgvsrError
 
-class ConfigError(ValueError):
+
+class ConfigError(MgvsrError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
@@ -157,6 +159,9 @@ class TrainConfig:
     resume: str = "none"  # none | auto | path to a checkpoint
     tensorboard: bool = True
     progress: bool = True
+    # DDP: how long a collective waits for the other ranks before the run fails instead of hanging.
+    # Must cover the longest time one rank spends alone (checkpoint write, end-of-run report).
+    dist_timeout_min: int = 30
 
 
 @dataclass
@@ -377,6 +382,7 @@ def validate(cfg: Config) -> None:
     _require(t.save_every >= 1, "train.save_every", "must be >= 1")
     _require(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     _require(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _require(t.dist_timeout_min > 0, "train.dist_timeout_min", "must be > 0 (minutes)")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(len(d.intervals) >= 1 and all(i >= 1 for i in d.intervals), "data.intervals", "positive ints")
     for name, ds in (("data.train", d.train), ("data.val", d.val)):

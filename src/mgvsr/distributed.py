@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,8 +31,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by torchrun; return (info, device)."""
+def init_distributed(device_name: str = "auto", timeout_min: int = 30) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun; return (info, device).
+
+    ``timeout_min`` bounds how long a collective waits for the other ranks before the run fails with
+    an error instead of hanging (``train.dist_timeout_min``); it must cover the longest stretch one
+    rank can spend outside collectives, such as a checkpoint write or the end-of-run report.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -41,7 +47,7 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_min))
     return info, device
 
 
@@ -52,6 +58,20 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return value
+
+
+def all_reduce_loss_and_stop(loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
+    """The step's loss averaged over ranks, and whether any rank asked to stop, in one all-reduce.
+
+    The stop request rides on the all-reduce every step already makes, so all ranks learn of it at
+    the same step and stop together: a flag checked per rank could send rank 0 into the checkpoint's
+    collective while another rank is already in the next step's all-reduce, and hang the run.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return float(loss), stop
+    packed = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return float(packed[0] / dist.get_world_size()), bool(packed[1] > 0)
 
 
 def barrier() -> None:

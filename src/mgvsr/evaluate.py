@@ -36,13 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from mgvsr.errors import MgvsrError
 from mgvsr.inference import InferenceError, InferenceOptions, add_model_arguments, frames_to_tensor, run_clip
 from mgvsr.metrics import ClipAverager, psnr, ssim, tensor_to_uint8
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 
 
-class EvalError(ValueError):
+class EvalError(MgvsrError, ValueError):
     """Bad evaluation input; the message names the file or option."""
 
 

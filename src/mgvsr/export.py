@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from mgvsr.errors import MgvsrError
 from mgvsr.inference import (
     METADATA_KEY,
     InferenceError,
@@ -37,7 +38,7 @@ from mgvsr.models.weights import strip_wrapper_prefixes
 FORMATS = ("basicsr", "safetensors")
 
 
-class ExportError(ValueError):
+class ExportError(MgvsrError, ValueError):
     """Bad export request; the message names the file or option."""
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from mgvsr.config import ConfigError, ModelConfig, from_dict
+from mgvsr.errors import MgvsrError
 from mgvsr.metrics import tensor_to_uint8
 from mgvsr.models.weights import check_state, load_state, read_raw, sniff_format, strip_wrapper_prefixes
 
@@ -42,7 +43,7 @@ AMP_CHOICES = ("none", "bf16", "fp16")
 METADATA_KEY = "mgvsr_model_config"
 
 
-class InferenceError(ValueError):
+class InferenceError(MgvsrError, ValueError):
     """Bad inference settings or weights; the message names the setting or file."""
 
 

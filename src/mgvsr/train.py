@@ -4,10 +4,12 @@
                                                spec = schedule.spec_at(cfg, step)   (T, patch, batch, lr)
                                                batch = the (seed, step, rank) batch at that shape
                                                forward / backward / (skip if non-finite) / step / EMA
-                                               log · validate · checkpoint
+                                               log · checkpoint · stop if asked · validate
 
 Everything that must agree across ranks and across a resume (shape, LR, which samples) is a function of
-the global step, so a resumed run continues exactly where the interrupted one stopped.
+the global step, so a resumed run continues exactly where the interrupted one stopped. A stop request
+(SIGINT / SIGTERM) travels with the loss in the step's all-reduce, so every rank stops after the same
+step, saves it once and exits 0.
 Launch on several devices with ``torchrun --nproc_per_node N -m mgvsr.cli train CONFIG``.
 """
 
@@ -20,17 +22,21 @@ import math
 import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, NoReturn, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mgvsr import __version__
 from mgvsr.checkpoint import Checkpointer, rng_state, set_rng_state
 from mgvsr.config import Config, load_config, save_config, to_dict
 from mgvsr.data import AugmentConfig, StepBatches, build_dataset, check_shape
-from mgvsr.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from mgvsr.distributed import DistInfo, all_reduce_loss_and_stop, barrier, cleanup, init_distributed
+from mgvsr.errors import MgvsrError
 from mgvsr.inference import autocast_context
 from mgvsr.losses import pixel_loss
 from mgvsr.models import build_model
@@ -43,14 +49,30 @@ from mgvsr.tracking import Tracker, write_json
 from mgvsr.validation import validate
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(MgvsrError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
+    exit_code = 1  # the run diverged: not a usage error
+
+
+class ResumeError(MgvsrError, RuntimeError):
+    """A run cannot be started or resumed as asked (checkpoint of another experiment, run folder in use)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Which config changes make a resumed run a different experiment
+# --------------------------------------------------------------------------------------------------
 
 # Sections whose change would make a resumed run a different experiment (logging, validation and
 # loader settings may change freely).
 RESUME_KEYS = ("model", "schedule", "optim", "data.train", "data.use_flip", "data.use_rot",
                "data.use_reverse", "data.intervals", "train.seed")
+# Where the same data or weights are read from, not what they are: a moved dataset root, a packed cache
+# of the same dataset (set or unset) and in-RAM loading. ``model.init_weights`` is only the starting
+# point, which the checkpoint replaces.
+RESUME_IGNORED = ("data.train.root", "data.train.cache", "data.train.in_memory", "model.init_weights")
+# Pretrained sub-networks: whether one was loaded is part of the recipe, the file's path is not.
+RESUME_PRESENCE_ONLY = ("model.spynet_weights", "model.edvr_weights")
 
 
 def _lookup(tree: dict, dotted: str):
@@ -68,28 +90,46 @@ def _diff(old, new, prefix: str) -> list[str]:
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
-def check_resumable(state: dict, cfg: Config, path: Path) -> None:
-    """Refuse to resume a checkpoint of a different experiment, or one past the end of this run."""
-    saved, current = state.get("config", {}), to_dict(cfg)
+def experiment_changes(saved: dict, current: dict) -> list[str]:
+    """``"key: old -> new"`` for every difference between two config dicts that changes the experiment."""
     changes = []
     for key in RESUME_KEYS:
         changes += _diff(_lookup(saved, key), _lookup(current, key), key)
-    changes = [c for c in changes if not c.startswith("model.init_weights")]
+    kept = []
+    for change in changes:
+        key = change.split(":", 1)[0]
+        if key in RESUME_IGNORED:
+            continue
+        if key in RESUME_PRESENCE_ONLY and (_lookup(saved, key) is None) == (_lookup(current, key) is None):
+            continue  # the same kind of start, read from another path
+        kept.append(change)
+    return kept
+
+
+def check_resumable(state: dict, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint of a different experiment, or one past the end of this run."""
+    changes = experiment_changes(state.get("config", {}), to_dict(cfg))
     if changes:
-        raise RuntimeError(
+        raise ResumeError(
             f"{path} was written by a run with a different config ({'; '.join(changes[:6])}"
             f"{' ...' if len(changes) > 6 else ''}). Resume with the same config, or start a new run "
             "(another train.name)."
         )
     if int(state["step"]) > cfg.schedule.total_iters:
-        raise RuntimeError(
+        raise ResumeError(
             f"{path} is at step {state['step']}, past schedule.total_iters={cfg.schedule.total_iters}"
         )
 
 
+# --------------------------------------------------------------------------------------------------
+# Stop requests
+# --------------------------------------------------------------------------------------------------
+
+
 class StopRequest:
-    """Within ``with StopRequest() as stop``, the first Ctrl-C or SIGTERM sets ``stop.requested`` so the
-    loop can finish its step and save; a second one interrupts at once. Handlers are restored on exit."""
+    """Within ``with StopRequest() as stop``, the first Ctrl-C or SIGTERM sets ``stop.requested``; the
+    loop hands it to every rank with the step's loss all-reduce, finishes that step, saves and returns.
+    A second one interrupts at once. Handlers are restored on exit."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -112,7 +152,241 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\n{self.requested}: stopping after this step (again to stop now)", flush=True)
+        print(f"\n{self.requested}: stopping after this step and saving it (again to stop now)", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a run trains and what it counts
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Learner:
+    """Everything training changes: the model, its EMA, the optimiser and the fp16 loss scaler."""
+
+    model: nn.Module
+    ema: Optional[EMA]
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and published: the EMA's when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+@dataclass
+class Progress:
+    """Where the run stands. The first five fields travel in checkpoints; the last two are reported."""
+
+    step: int = 0  # steps done
+    train_time: float = 0.0  # seconds in training steps (validation and saving excluded)
+    data_time: float = 0.0  # of which waiting for batches
+    skipped: int = 0  # steps skipped for a non-finite loss/gradient
+    bad_streak: int = 0  # consecutive skipped steps
+    last_loss: float = math.nan
+    last_val: Optional[tuple[int, dict]] = None  # (step, metrics) of the latest validation
+
+    def counters(self) -> dict:
+        return {"train_time": self.train_time, "data_time": self.data_time, "skipped": self.skipped,
+                "bad_streak": self.bad_streak}
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over ranks of this step's loss
+    grad_norm: float
+    finite: bool  # the step counted as good (fp16: its loss was finite; the scaler handles overflows)
+    stop: bool  # some rank asked to stop: every rank gets the same answer
+    seconds: float
+    data_wait: float
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) one training run; returns the summary written to ``summary.json`` (``{}`` on
+    ranks other than 0), or ``{"stopped": ...}`` when a SIGINT/SIGTERM stopped it after a save."""
+    tune_allocator()
+    dist, device = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
+    run_dir = Path(cfg.train.out_dir) / cfg.train.name
+    total = cfg.schedule.total_iters
+
+    learner = build_learner(cfg, device)
+    train_set, val_set = build_datasets(cfg, dist.world_size)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last)
+    progress = resume(cfg, learner, ckpt, run_dir, dist)
+    tracker = Tracker(run_dir, total, progress.step, enabled=dist.is_main,
+                      tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
+    batches = step_batches(cfg, train_set, dist, device, progress.step)
+    frozen = flow_frozen(progress.step, cfg.optim)
+    net = wrap_model(learner.model, frozen, dist, device)
+    learner.model.train()
+
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: every rank finishes the same step, saves, returns
+        for step in range(progress.step, total):
+            spec = spec_at(cfg, step, dist.world_size)
+            lr = set_lr(learner.optimizer, spec.lr_mult)
+            if flow_frozen(step, cfg.optim) != frozen:
+                frozen = not frozen
+                net = wrap_model(learner.model, frozen, dist, device)
+
+            result = train_step(net, learner, batches, cfg, device, stop_requested=stop.requested is not None)
+            progress.step = step + 1
+            progress.train_time += result.seconds
+            progress.data_time += result.data_wait
+            if result.finite:
+                progress.bad_streak = 0
+                progress.last_loss = result.loss
+            else:
+                progress.skipped += 1
+                progress.bad_streak += 1
+                tracker.write(f"step {step}: non-finite loss/gradient ({result.loss}, {result.grad_norm}); skipped")
+
+            if progress.step % cfg.train.log_every == 0 or progress.step == total or progress.bad_streak:
+                tracker.log_train({
+                    "step": progress.step, "wall_time": round(progress.train_time, 4), "loss": result.loss,
+                    "lr": lr, "stage": spec.stage, "num_frames": spec.num_frames, "patch_size": spec.patch_size,
+                    "batch_size": spec.batch_size, "data_wait": round(result.data_wait, 5),
+                    "compute": round(result.seconds - result.data_wait, 5), "skipped": progress.skipped,
+                })
+            if progress.bad_streak >= cfg.train.max_bad_steps:
+                tracker.close()
+                stop_non_finite(progress, ckpt, dist)
+            tracker.update_bar(1, {
+                "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
+                "loss": f"{result.loss:.4f}", "lr": f"{lr:.2e}",
+            })
+
+            # Save first: a failing validation (or a stop request) must not cost the steps since the last save.
+            if progress.step % cfg.train.save_every == 0 or progress.step == total or result.stop:
+                save_checkpoint(ckpt, learner, progress, cfg, dist)
+            if result.stop:
+                tracker.close()
+                return stopped(stop.requested, progress.step, ckpt, dist)
+            if val_set is not None and cfg.train.val_every and (
+                progress.step % cfg.train.val_every == 0 or progress.step == total
+            ):
+                run_validation(learner, val_set, cfg, dist, tracker, progress)
+
+    tracker.close()
+    summary = finish_run(cfg, learner, progress, run_dir, val_set, dist.world_size) if dist.is_main else {}
+    barrier()
+    cleanup()
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------------------
+
+
+def build_learner(cfg: Config, device: torch.device) -> Learner:
+    """Model, EMA, optimiser and loss scaler, initialised identically on every rank (same seed)."""
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    optimizer = make_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
+    return Learner(model, ema, optimizer, scaler)
+
+
+def build_datasets(cfg: Config, world_size: int) -> tuple:
+    """(training set, validation set or None); fails early if a scheduled shape does not fit the data."""
+    train_set = build_dataset(cfg.data.train, scale=cfg.model.scale)
+    for phase in phases(cfg, world_size):
+        check_shape(train_set, phase.num_frames, phase.patch_size, cfg.data.intervals)
+    val_set = build_dataset(cfg.data.val, scale=cfg.model.scale) if cfg.data.val is not None else None
+    return train_set, val_set
+
+
+def step_batches(cfg: Config, train_set, dist: DistInfo, device: torch.device, start_step: int) -> Iterator:
+    """This rank's batches of steps ``start_step .. total`` (micro-batches in order), prefetched by the
+    loader's workers at each step's own shape."""
+    accum = cfg.optim.accum_steps
+    batches_by_index = StepBatches(
+        train_set, ShapeFn(cfg, dist.world_size), seed=cfg.train.seed, rank=dist.rank,
+        world_size=dist.world_size,
+        aug=AugmentConfig(flip=cfg.data.use_flip, rot=cfg.data.use_rot, reverse=cfg.data.use_reverse),
+        intervals=cfg.data.intervals, accum_steps=accum,
+    )
+    loader = torch.utils.data.DataLoader(
+        batches_by_index,
+        batch_size=None,
+        sampler=range(start_step * accum, cfg.schedule.total_iters * accum),
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+    )
+    return iter(loader)
+
+
+def wrap_model(model: nn.Module, frozen: bool, dist: DistInfo, device: torch.device) -> nn.Module:
+    """(Re)build the DDP wrapper with the flow network (un)frozen: DDP fixes its set of trainable
+    parameters at construction."""
+    set_flow_trainable(model, not frozen)
+    if not dist.enabled:
+        return model
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume and checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def resume(cfg: Config, learner: Learner, ckpt: Checkpointer, run_dir: Path, dist: DistInfo) -> Progress:
+    """Restore the checkpoint ``train.resume`` names (``auto``: the newest valid one) into ``learner``
+    and the RNGs; prepare the run folder. A fresh run starts at step 0 and refuses a folder that already
+    holds checkpoints, so a run is never overwritten by accident."""
+    path = None
+    if cfg.train.resume == "auto":
+        path = ckpt.latest()
+    elif cfg.train.resume != "none":
+        path = Path(cfg.train.resume)
+    elif ckpt.checkpoints():
+        raise ResumeError(
+            f"run folder {run_dir} already holds checkpoints (newest: {ckpt.checkpoints()[-1][1].name}); "
+            "continue it with --resume auto (train.resume=auto) or start a new run with another train.name"
+        )
+    if dist.is_main:
+        ckpt.remove_temp_files()  # left by a save that was killed mid-write
+    progress = Progress() if path is None else restore(ckpt.load(path), path, cfg, learner, dist)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        if path is not None:
+            print(f"resumed from {path} at step {progress.step}", flush=True)
+    return progress
+
+
+def restore(state: dict, path: Path, cfg: Config, learner: Learner, dist: DistInfo) -> Progress:
+    """Load a checkpoint's state into ``learner`` and this rank's RNGs; return its progress."""
+    check_resumable(state, cfg, path)
+    learner.model.load_state_dict(state["model"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    # base_lr comes from this config (lr scaling may differ), the moments from the checkpoint
+    fresh = make_optimizer(learner.model, cfg.optim)
+    for group, fresh_group in zip(learner.optimizer.param_groups, fresh.param_groups):
+        group["base_lr"] = fresh_group["base_lr"]
+    if learner.ema is not None:
+        # A checkpoint written without EMA starts the average from the resumed weights.
+        learner.ema.load_state_dict(state["ema"] if state.get("ema") is not None else learner.model.state_dict())
+    if learner.scaler is not None and state.get("scaler"):
+        learner.scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+    if int(state.get("world_size", dist.world_size)) != dist.world_size:
+        print(f"warning: resuming a {state['world_size']}-process run on {dist.world_size} processes: "
+              "batches after the resume differ from the original run", flush=True)
+    counters = state["counters"]
+    return Progress(step=int(state["step"]), train_time=counters["train_time"], data_time=counters["data_time"],
+                    skipped=counters["skipped"], bad_streak=counters["bad_streak"])
 
 
 def _gather_rng(dist: DistInfo) -> list:
@@ -125,259 +399,153 @@ def _gather_rng(dist: DistInfo) -> list:
     return gathered
 
 
-def train(cfg: Config) -> dict:
-    """Run (or resume) one training run; returns the summary written to ``summary.json``."""
-    tune_allocator()
-    dist, device = init_distributed(cfg.train.device)
-    run_dir = Path(cfg.train.out_dir) / cfg.train.name
-    world, accum = dist.world_size, cfg.optim.accum_steps
-    total = cfg.schedule.total_iters
-
-    # ---- model, EMA, optimiser (identical initialisation on every rank) -------------------------
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
-    ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    optimizer = make_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
-
-    # ---- data: fail early if any scheduled shape does not fit the data -------------------------
-    train_set = build_dataset(cfg.data.train, scale=cfg.model.scale)
-    for phase in phases(cfg, world):
-        check_shape(train_set, phase.num_frames, phase.patch_size, cfg.data.intervals)
-    val_set = build_dataset(cfg.data.val, scale=cfg.model.scale) if cfg.data.val is not None else None
-
-    # ---- resume --------------------------------------------------------------------------------
-    ckpt = Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last)
-    start_step, train_time, data_time, skipped, bad_streak = 0, 0.0, 0.0, 0, 0
-    resume_path = None
-    if cfg.train.resume == "auto":
-        resume_path = ckpt.latest()
-    elif cfg.train.resume != "none":
-        resume_path = Path(cfg.train.resume)
-    elif ckpt.checkpoints():
-        raise RuntimeError(
-            f"run folder {run_dir} already holds checkpoints (newest: {ckpt.checkpoints()[-1][1].name}); "
-            "continue it with --resume auto (train.resume=auto) or start a new run with another train.name"
-        )
-    if dist.is_main:
-        ckpt.remove_temp_files()  # left by a save that was killed mid-write
-    if resume_path is not None:
-        state = ckpt.load(resume_path)
-        check_resumable(state, cfg, resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group, fresh in zip(optimizer.param_groups, make_optimizer(model, cfg.optim).param_groups):
-            group["base_lr"] = fresh["base_lr"]
-        if ema is not None:
-            # A checkpoint written without EMA starts the average from the resumed weights.
-            ema.load_state_dict(state["ema"] if state.get("ema") is not None else model.state_dict())
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_step = int(state["step"])
-        counters = state["counters"]
-        train_time, data_time = counters["train_time"], counters["data_time"]
-        skipped, bad_streak = counters["skipped"], counters["bad_streak"]
-        rngs = state["rng"]
-        set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-        if int(state.get("world_size", world)) != world:
-            print(f"warning: resuming a {state['world_size']}-process run on {world} processes: "
-                  "batches after the resume differ from the original run", flush=True)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        if resume_path is not None:
-            print(f"resumed from {resume_path} at step {start_step}", flush=True)
-
-    tracker = Tracker(
-        run_dir, total, start_step, enabled=dist.is_main,
-        tensorboard=cfg.train.tensorboard, progress=cfg.train.progress,
-    )
-    batches_by_index = StepBatches(
-        train_set, ShapeFn(cfg, world), seed=cfg.train.seed, rank=dist.rank, world_size=world,
-        aug=AugmentConfig(flip=cfg.data.use_flip, rot=cfg.data.use_rot, reverse=cfg.data.use_reverse),
-        intervals=cfg.data.intervals, accum_steps=accum,
-    )
-    loader = torch.utils.data.DataLoader(
-        batches_by_index,
-        batch_size=None,
-        sampler=range(start_step * accum, total * accum),
-        num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
-    )
-    batches = iter(loader)
-
-    def wrap(frozen: bool):
-        """(Re)build the DDP wrapper: DDP fixes its set of trainable parameters at construction."""
-        set_flow_trainable(model, not frozen)
-        if not dist.enabled:
-            return model
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    frozen = flow_frozen(start_step, cfg.optim)
-    net = wrap(frozen)
-    model.train()
-
-    def save(step_done: int) -> None:
-        rngs = _gather_rng(dist)
-        if not dist.is_main:
-            return
-        ckpt.save(
-            {
-                "format": "mgvsr-checkpoint",
-                "version": __version__,
-                "step": step_done,
-                "model": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rngs,
-                "counters": {"train_time": train_time, "data_time": data_time, "skipped": skipped,
-                             "bad_streak": bad_streak},
-                # The sampler has no hidden position: batch k is a function of (seed, step, rank).
-                "sampler": {"next_step": step_done, "seed": cfg.train.seed, "world_size": world,
-                            "accum_steps": accum},
-                "world_size": world,
-                "config": to_dict(cfg),
-            },
-            step_done,
-        )
-
-    # ---- the loop ------------------------------------------------------------------------------
-    last_loss = float("nan")
-    last_val = None  # (step, metrics) of the latest validation
-    with StopRequest() as stop:  # Ctrl-C / SIGTERM: finish the step, save, exit
-        for step in range(start_step, total):
-            spec = spec_at(cfg, step, world)
-            lr = set_lr(optimizer, spec.lr_mult)
-            if flow_frozen(step, cfg.optim) != frozen:
-                frozen = not frozen
-                net = wrap(frozen)
-
-            t_start = time.perf_counter()
-            data_wait = 0.0
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                t_data = time.perf_counter()
-                lr_clip, hr_clip = next(batches)
-                data_wait += time.perf_counter() - t_data
-                lr_clip = lr_clip.to(device, non_blocking=True)
-                hr_clip = hr_clip.to(device, non_blocking=True)
-                sync = net.no_sync() if dist.enabled and micro < accum - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast_context(device, cfg.train.amp):
-                        out = net(lr_clip)
-                    loss = pixel_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps) / accum
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_sum += loss.detach()
-
-            # Gradients are already averaged over ranks here, so every rank takes the same decision.
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-            loss_value = float(all_reduce_mean(loss_sum))
-            finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
-            if scaler is not None:
-                # fp16: the scaler skips steps with inf/NaN gradients itself and lowers its scale; such
-                # overflows are normal early on and count as bad steps only when the loss itself is not finite.
-                scaler.step(optimizer)
-                scaler.update()
-                finite = math.isfinite(loss_value)
-            elif finite:
-                optimizer.step()
-            if finite:
-                if ema is not None and math.isfinite(float(grad_norm)):
-                    ema.update(model)
-                bad_streak = 0
-                last_loss = loss_value
-            else:
-                skipped += 1
-                bad_streak += 1
-                tracker.write(f"step {step}: non-finite loss/gradient ({loss_value}, {float(grad_norm)}); skipped")
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_time = time.perf_counter() - t_start
-            train_time += step_time
-            data_time += data_wait
-            step_done = step + 1
-
-            row = {
-                "step": step_done, "wall_time": round(train_time, 4), "loss": loss_value, "lr": lr,
-                "stage": spec.stage, "num_frames": spec.num_frames, "patch_size": spec.patch_size,
-                "batch_size": spec.batch_size, "data_wait": round(data_wait, 5),
-                "compute": round(step_time - data_wait, 5), "skipped": skipped,
-            }
-            if step_done % cfg.train.log_every == 0 or step_done == total or bad_streak:
-                tracker.log_train(row)
-            if bad_streak >= cfg.train.max_bad_steps:
-                tracker.close()
-                latest = ckpt.latest() if dist.is_main else None
-                cleanup()
-                raise NonFiniteError(
-                    f"{bad_streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
-                    f"stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
-                    "Lower optim.lr, set optim.grad_clip, or check the data; resume with train.resume=auto."
-                )
-            tracker.update_bar(1, {
-                "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
-                "loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}",
-            })
-
-            # Save first: a failing validation (or a stop request) must not cost the steps since the last save.
-            if step_done % cfg.train.save_every == 0 or step_done == total or stop.requested:
-                save(step_done)
-            if stop.requested:
-                tracker.close()
-                cleanup()
-                print(f"\nstopped by {stop.requested} after step {step_done}; checkpoint saved. "
-                      "Continue with --resume auto.", flush=True)
-                raise SystemExit(130)
-            if cfg.train.val_every and val_set is not None and (
-                step_done % cfg.train.val_every == 0 or step_done == total
-            ):
-                if dist.is_main:
-                    eval_model = ema.model if ema is not None else model
-                    val_metrics = validate(eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
-                    last_val = (step_done, val_metrics)
-                    tracker.log_val({"step": step_done, "wall_time": round(train_time, 4), **val_metrics["average"]})
-                    model.train()
-                barrier()
-
-    tracker.close()
-    summary = None
-    if dist.is_main:
-        weights_dir = run_dir / "weights"
-        weights_dir.mkdir(exist_ok=True)
-        meta = {"mgvsr_version": __version__, "step": str(total),
-                "mgvsr_model_config": json.dumps(to_dict(cfg.model))}
-        save_safetensors(model, weights_dir / "model.safetensors", metadata=meta)
-        if ema is not None:
-            save_safetensors(ema.model, weights_dir / "model_ema.safetensors", metadata=meta)
-        summary = {
-            "run_dir": str(run_dir),
-            "steps": total,
-            "train_time_s": round(train_time, 3),
-            "data_wait_s": round(data_time, 3),
-            "data_wait_share": data_time / train_time if train_time > 0 else 0.0,
-            "skipped_steps": skipped,
-            "final_loss": last_loss,
+def save_checkpoint(ckpt: Checkpointer, learner: Learner, progress: Progress, cfg: Config, dist: DistInfo) -> None:
+    """Every rank sends its RNG state to rank 0, which writes the checkpoint of ``progress.step``."""
+    rngs = _gather_rng(dist)
+    if not dist.is_main:
+        return
+    step, world, accum = progress.step, dist.world_size, cfg.optim.accum_steps
+    ckpt.save(
+        {
+            "format": "mgvsr-checkpoint",
+            "version": __version__,
+            "step": step,
+            "model": learner.model.state_dict(),
+            "ema": learner.ema.state_dict() if learner.ema is not None else None,
+            "optimizer": learner.optimizer.state_dict(),
+            "scaler": learner.scaler.state_dict() if learner.scaler is not None else None,
+            "rng": rngs,
+            "counters": progress.counters(),
+            # The sampler has no hidden position: batch k is a function of (seed, step, rank).
+            "sampler": {"next_step": step, "seed": cfg.train.seed, "world_size": world, "accum_steps": accum},
             "world_size": world,
-            "global_batch_full_shape": cfg.schedule.batch_size * world * accum,
-            "weights": str(weights_dir / ("model_ema.safetensors" if ema is not None else "model.safetensors")),
-        }
-        if val_set is not None:
-            eval_model = ema.model if ema is not None else model
-            final_val = last_val[1] if last_val is not None and last_val[0] == total else None
-            summary.update(final_report(eval_model, val_set, cfg, run_dir, final_val))
-        write_json(run_dir / "summary.json", summary)
+            "config": to_dict(cfg),
+        },
+        step,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------------
+
+
+def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config, device: torch.device,
+               stop_requested: bool) -> StepResult:
+    """Forward and backward over the step's micro-batches, clip, then the optimiser (and EMA) step
+    unless the loss or gradient is not finite. The loss all-reduce also carries this rank's stop
+    request, so the returned ``stop`` is the same on every rank."""
+    model, optimizer, scaler, accum = learner.model, learner.optimizer, learner.scaler, cfg.optim.accum_steps
+    t_start = time.perf_counter()
+    data_wait = 0.0
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accum):
+        t_data = time.perf_counter()
+        lr_clip, hr_clip = next(batches)
+        data_wait += time.perf_counter() - t_data
+        lr_clip = lr_clip.to(device, non_blocking=True)
+        hr_clip = hr_clip.to(device, non_blocking=True)
+        last_micro = micro == accum - 1
+        sync = net.no_sync() if isinstance(net, DDP) and not last_micro else contextlib.nullcontext()
+        with sync:
+            with autocast_context(device, cfg.train.amp):
+                out = net(lr_clip)
+            loss = pixel_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps) / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_sum += loss.detach()
+
+    # Gradients are already averaged over ranks here, so every rank takes the same decision.
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+    loss_value, stop = all_reduce_loss_and_stop(loss_sum, stop_requested)
+    finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    if scaler is not None:
+        # fp16: the scaler skips steps with inf/NaN gradients itself and lowers its scale; such
+        # overflows are normal early on and count as bad steps only when the loss itself is not finite.
+        scaler.step(optimizer)
+        scaler.update()
+        finite = math.isfinite(loss_value)
+    elif finite:
+        optimizer.step()
+    if finite and learner.ema is not None and math.isfinite(grad_norm):
+        learner.ema.update(model)
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return StepResult(loss_value, grad_norm, finite, stop, time.perf_counter() - t_start, data_wait)
+
+
+def run_validation(learner: Learner, val_set, cfg: Config, dist: DistInfo, tracker: Tracker,
+                   progress: Progress) -> None:
+    """Score the published weights on the validation set, log them and keep them for the report."""
+    if dist.is_main:
+        metrics = validate(learner.eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
+        progress.last_val = (progress.step, metrics)
+        tracker.log_val({"step": progress.step, "wall_time": round(progress.train_time, 4), **metrics["average"]})
+        learner.model.train()
     barrier()
+
+
+# --------------------------------------------------------------------------------------------------
+# How a run ends
+# --------------------------------------------------------------------------------------------------
+
+
+def stopped(signal_name: Optional[str], step: int, ckpt: Checkpointer, dist: DistInfo) -> dict:
+    """End a run stopped on request after ``step`` was saved; every rank returns the same step."""
+    barrier()  # the checkpoint is on disk before any rank reports it
     cleanup()
-    return summary or {}
+    by = signal_name or "a signal to another rank"
+    where = f"rank {dist.rank}: " if dist.enabled else ""
+    print(f"\n{where}stopped by {by} after step {step}; checkpoint saved: {ckpt.path_for(step)}. "
+          "Continue with --resume auto.", flush=True)
+    return {"stopped": by, "step": step, "checkpoint": str(ckpt.path_for(step))}
+
+
+def stop_non_finite(progress: Progress, ckpt: Checkpointer, dist: DistInfo) -> NoReturn:
+    latest = ckpt.latest() if dist.is_main else None
+    cleanup()
+    raise NonFiniteError(
+        f"{progress.bad_streak} consecutive steps had a non-finite loss or gradient (last at step "
+        f"{progress.step - 1}); stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
+        "Lower optim.lr, set optim.grad_clip, or check the data; resume with train.resume=auto."
+    )
+
+
+def finish_run(cfg: Config, learner: Learner, progress: Progress, run_dir: Path, val_set, world: int) -> dict:
+    """Rank 0's end-of-run work: final weights (+ EMA), the report against bicubic, ``summary.json``."""
+    weights_dir = run_dir / "weights"
+    weights_dir.mkdir(exist_ok=True)
+    total = cfg.schedule.total_iters
+    meta = {"mgvsr_version": __version__, "step": str(total), "mgvsr_model_config": json.dumps(to_dict(cfg.model))}
+    save_safetensors(learner.model, weights_dir / "model.safetensors", metadata=meta)
+    if learner.ema is not None:
+        save_safetensors(learner.ema.model, weights_dir / "model_ema.safetensors", metadata=meta)
+    summary = {
+        "run_dir": str(run_dir),
+        "steps": total,
+        "train_time_s": round(progress.train_time, 3),
+        "data_wait_s": round(progress.data_time, 3),
+        "data_wait_share": progress.data_time / progress.train_time if progress.train_time > 0 else 0.0,
+        "skipped_steps": progress.skipped,
+        "final_loss": progress.last_loss,
+        "world_size": world,
+        "global_batch_full_shape": cfg.schedule.batch_size * world * cfg.optim.accum_steps,
+        "weights": str(weights_dir / ("model_ema.safetensors" if learner.ema is not None else "model.safetensors")),
+    }
+    if val_set is not None:
+        final_val = progress.last_val[1] if progress.last_val is not None and progress.last_val[0] == total else None
+        summary.update(final_report(learner.eval_model, val_set, cfg, run_dir, final_val))
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -392,7 +560,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.resume={args.resume}")
     cfg = load_config(args.config, overrides)
     summary = train(cfg)
-    if summary:
+    if summary and not summary.get("stopped"):
         print(f"\nrun folder: {summary['run_dir']}")
         for key in ("weights", "summary", "plot", "side_by_side"):
             if key in summary:

@@ -30,6 +30,7 @@ from torch import nn
 
 from mgvsr.data.io import IMAGE_EXTS, natural_key
 from mgvsr.data.io import VIDEO_EXTS as READABLE_VIDEO_EXTS
+from mgvsr.errors import MgvsrError
 from mgvsr.inference import InferenceError, InferenceOptions, add_model_arguments, stream_frames
 
 # Containers we write H.264 into; other video extensions (e.g. .webm) are refused as output.
@@ -37,7 +38,7 @@ VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".m4v")
 DEFAULT_FOLDER_FPS = Fraction(24)
 
 
-class UpscaleError(ValueError):
+class UpscaleError(MgvsrError, ValueError):
     """Unreadable input, unusable output or bad options; the message names the path."""
 
 

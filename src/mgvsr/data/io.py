@@ -14,11 +14,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from mgvsr.errors import MgvsrError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
-class DataError(ValueError):
+class DataError(MgvsrError, ValueError):
     """A dataset on disk is missing, malformed or inconsistent; the message names the file."""
 
 

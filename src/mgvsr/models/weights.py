@@ -37,6 +37,8 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
+from mgvsr.errors import MgvsrError
+
 StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
 
@@ -45,7 +47,7 @@ AUTO_KEYS = ("params_ema", "params", "state_dict")
 _MAX_LISTED = 20
 
 
-class WeightsError(ValueError):
+class WeightsError(MgvsrError, ValueError):
     """A weights file cannot be read or does not fit the model; the message names the file."""
 
 
