@@ -24,6 +24,16 @@ from mgvsr.schedule import spec_at
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process runs use one thread, like the subprocess runs (OMP_NUM_THREADS=1): on a small shared
+    CPU, extra threads of a tiny model only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _smooth_frames(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
     """A small moving, textured scene: smooth noise shifted by one pixel per frame."""
     base = rng.random((h // 4 + 8, w // 4 + 8, 3))
@@ -236,3 +246,137 @@ def test_fresh_run_refuses_to_overwrite_an_existing_run(tmp_path, data_dirs):
     assert sorted(p.name for p in (tmp_path / "runs" / "t" / "checkpoints").iterdir()) == before
     summary = train(load_config(cfg_path, ["train.resume=auto"]))  # nothing left to do: re-reports
     assert summary["steps"] == 2
+
+
+# ---- stop requests ---------------------------------------------------------------------------------
+
+# The cheapest run (SPyNet's cost dominates a step of the tiny model): 8 steps of 2 frames, 16x16, batch 1.
+SMALL_FIXED = {"kind": "fixed", "total_iters": 8, "num_frames": 2, "patch_size": 16, "batch_size": 1}
+SMALL_MODEL = {"name": "basicvsr", "num_feat": 4, "num_block": 1, "head_feat": 4}
+
+
+def _assert_same_weights(a_path: Path, b_path: Path) -> None:
+    a, b = load_file(a_path), load_file(b_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _ckpt_steps(run_dir: Path) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))]
+
+
+def test_sigint_saves_the_step_exits_0_and_resume_from_a_moved_root_is_bit_identical(
+        tmp_path, data_dirs, monkeypatch, capsys):
+    import shutil
+
+    import mgvsr.train as train_mod
+    from mgvsr.cli import main
+
+    train_root, _ = data_dirs
+    sections = {"model": SMALL_MODEL, "schedule": SMALL_FIXED, "optim": {"lr": 1e-3, "fix_flow_iters": 2}}
+    train_cfg = {"name": "t", "log_every": 1, "val_every": 0, "save_every": 100, "tensorboard": False,
+                 "progress": False, "seed": 3}
+    full = write_config(tmp_path / "full.yaml", train_root, None, tmp_path / "full",
+                        train={**train_cfg, "out_dir": str(tmp_path / "full")}, **sections)
+    train_mod.train(load_config(full))
+
+    # The first SIGINT arrives during the 3rd step: that step finishes and is saved, and the command
+    # returns 0 with a message instead of a traceback.
+    real_loss, calls = train_mod.pixel_loss, {"n": 0}
+
+    def loss_then_sigint(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "pixel_loss", loss_then_sigint)
+    stopped = write_config(tmp_path / "stopped.yaml", train_root, None, tmp_path / "stopped",
+                           train={**train_cfg, "out_dir": str(tmp_path / "stopped")}, **sections)
+    assert main(["train", str(stopped)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped by SIGINT after step 3" in out and "--resume auto" in out
+    run_dir = tmp_path / "stopped" / "t"
+    assert _ckpt_steps(run_dir) == [3]
+    assert not (run_dir / "weights").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    # Moving the dataset does not block the resume, and the result is the uninterrupted run's.
+    monkeypatch.setattr(train_mod, "pixel_loss", real_loss)
+    moved = shutil.copytree(train_root, tmp_path / "moved_train")
+    train_mod.train(load_config(stopped, ["train.resume=auto", f"data.train.root={moved}"]))
+    _assert_same_weights(tmp_path / "full" / "t" / "weights" / "model.safetensors",
+                         run_dir / "weights" / "model.safetensors")
+    assert [int(r["step"]) for r in _read_rows(run_dir / "train_log.csv")] == list(range(1, 9))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_ddp(config: Path, *extra: str, world: int = 2) -> list[subprocess.Popen]:
+    """``world`` processes of ``mgvsr train`` joined by env:// rendezvous (what torchrun would set),
+    started directly so that the test can signal one of them."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        env = _env()
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen(_train_cmd(config, *extra), env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str, str]]:
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        results.append((proc.returncode, out, err))
+    return results
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or not torch.distributed.is_available(),
+                    reason="needs POSIX signals and torch.distributed")
+def test_ddp_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_is_bit_identical(tmp_path, data_dirs):
+    train_root, _ = data_dirs
+    sched = {**SMALL_FIXED, "total_iters": 10}
+    train_cfg = {"name": "t", "log_every": 1, "val_every": 0, "save_every": 1000, "tensorboard": False,
+                 "progress": False, "seed": 4}
+    configs = {name: write_config(tmp_path / f"{name}.yaml", train_root, None, tmp_path / name, schedule=sched,
+                                  train={**train_cfg, "out_dir": str(tmp_path / name)},
+                                  model=SMALL_MODEL, optim={"lr": 1e-3, "fix_flow_iters": 2})
+               for name in ("full", "stopped")}
+    full_procs = _launch_ddp(configs["full"])  # runs while the other run starts: both fit on 2 cores
+    procs = _launch_ddp(configs["stopped"])
+    log = tmp_path / "stopped" / "t" / "train_log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(_read_rows(log)) >= 2):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.005)
+    procs[1].send_signal(signal.SIGTERM)  # one rank only: rank 0 learns of it through the all-reduce
+    results = _finish(procs)
+    for rank, (code, out, err) in enumerate(results):
+        assert code == 0, (rank, err[-3000:])
+    run_dir = tmp_path / "stopped" / "t"
+    (stop_step,) = _ckpt_steps(run_dir)  # exactly one checkpoint: the stop's, written once
+    assert stop_step < 10, "the run finished before the signal arrived"
+    assert f"rank 1: stopped by SIGTERM after step {stop_step};" in results[1][1]
+    assert f"rank 0: stopped by a signal to another rank after step {stop_step};" in results[0][1]
+    assert not (run_dir / "weights").exists()
+    assert all(code == 0 for code, _, _ in _finish(full_procs))
+
+    results = _finish(_launch_ddp(configs["stopped"], "--resume", "auto"))
+    assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+    _assert_same_weights(tmp_path / "full" / "t" / "weights" / "model.safetensors",
+                         run_dir / "weights" / "model.safetensors")

@@ -234,7 +234,7 @@ def train(cfg: Config) -> dict:
                 frozen = not frozen
                 net = wrap_model(learner.model, frozen, dist, device)
 
-            result = train_step(net, learner, batches, cfg, device, stop_requested=stop.requested is not None)
+            result = train_step(net, learner, batches, cfg, device, stop)
             progress.step = step + 1
             progress.train_time += result.seconds
             progress.data_time += result.data_wait
@@ -431,10 +431,10 @@ def save_checkpoint(ckpt: Checkpointer, learner: Learner, progress: Progress, cf
 
 
 def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config, device: torch.device,
-               stop_requested: bool) -> StepResult:
+               stop: StopRequest) -> StepResult:
     """Forward and backward over the step's micro-batches, clip, then the optimiser (and EMA) step
-    unless the loss or gradient is not finite. The loss all-reduce also carries this rank's stop
-    request, so the returned ``stop`` is the same on every rank."""
+    unless the loss or gradient is not finite. The loss all-reduce also carries whether this rank was
+    asked to stop (up to that moment), so the returned ``stop`` is the same on every rank."""
     model, optimizer, scaler, accum = learner.model, learner.optimizer, learner.scaler, cfg.optim.accum_steps
     t_start = time.perf_counter()
     data_wait = 0.0
@@ -460,7 +460,7 @@ def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config,
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-    loss_value, stop = all_reduce_loss_and_stop(loss_sum, stop_requested)
+    loss_value, stop_agreed = all_reduce_loss_and_stop(loss_sum, stop.requested is not None)
     finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
     if scaler is not None:
         # fp16: the scaler skips steps with inf/NaN gradients itself and lowers its scale; such
@@ -475,7 +475,7 @@ def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config,
     optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return StepResult(loss_value, grad_norm, finite, stop, time.perf_counter() - t_start, data_wait)
+    return StepResult(loss_value, grad_norm, finite, stop_agreed, time.perf_counter() - t_start, data_wait)
 
 
 def run_validation(learner: Learner, val_set, cfg: Config, dist: DistInfo, tracker: Tracker,
