@@ -380,3 +380,156 @@ def test_ddp_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_is_bit_i
     assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
     _assert_same_weights(tmp_path / "full" / "t" / "weights" / "model.safetensors",
                          run_dir / "weights" / "model.safetensors")
+
+
+# ---- resume: EMA, inside the flow-freeze window, from a cache ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory, data_dirs):
+    """A finished 8-step run with EMA on, the flow network frozen for the first 5 steps, and its
+    checkpoints of steps 2, 4, 6, 8 kept. Its data has LR frames on disk (``hr/`` + ``lr/``), so that a
+    cache of it holds exactly the same LR (LR made on the fly degrades training crops, a cache whole frames)."""
+    from mgvsr.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("ema")
+    train_root = make_frames_dataset(base / "data" / "hr", clips=3, frames=6, seed=1)
+    for png in train_root.glob("*/*.png"):
+        (base / "data" / "lr" / png.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.open(png).resize((24, 24), Image.BICUBIC).save(base / "data" / "lr" / png.parent.name / png.name)
+    train_root = base / "data"
+    path = write_config(base / "c.yaml", train_root, None, base / "runs", model=SMALL_MODEL, schedule=SMALL_FIXED,
+                        optim={"lr": 1e-3, "fix_flow_iters": 5, "ema_decay": 0.9},
+                        train={"name": "t", "out_dir": str(base / "runs"), "log_every": 1, "val_every": 0,
+                               "save_every": 2, "keep_last": 10, "tensorboard": False, "progress": False,
+                               "seed": 7})
+    summary = train(load_config(path))
+    torch.set_num_threads(threads)
+    return path, base / "runs" / "t", summary, train_root
+
+
+def _resume_into(tmp_path: Path, config: Path, ckpt: Path, *overrides: str) -> Path:
+    """Resume ``ckpt`` to the end in a new run folder; return that folder."""
+    from mgvsr.train import train
+
+    train(load_config(config, [f"train.out_dir={tmp_path / 'resumed'}", f"train.resume={ckpt}", *overrides]))
+    return tmp_path / "resumed" / "t"
+
+
+def test_ema_is_trained_checkpointed_saved_and_resumed_bit_identical(tmp_path, ema_run):
+    config, run_dir, summary, _ = ema_run
+    weights = run_dir / "weights"
+    assert summary["weights"] == str(weights / "model_ema.safetensors")
+    model, ema = load_file(weights / "model.safetensors"), load_file(weights / "model_ema.safetensors")
+    assert model.keys() == ema.keys() and any(not torch.equal(model[k], ema[k]) for k in model)
+    state = torch.load(run_dir / "checkpoints" / "ckpt_00000006.pt", weights_only=True)
+    assert state["ema"] is not None and state["ema"].keys() == state["model"].keys()
+
+    resumed = _resume_into(tmp_path, config, run_dir / "checkpoints" / "ckpt_00000006.pt")
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        _assert_same_weights(weights / name, resumed / "weights" / name)
+
+
+def test_resume_inside_the_flow_freeze_window_from_a_cache_is_bit_identical(tmp_path, ema_run):
+    from mgvsr.cli import main
+    from mgvsr.train import build_learner
+
+    config, run_dir, _, train_root = ema_run
+    ckpts = run_dir / "checkpoints"
+    initial = build_learner(load_config(config), torch.device("cpu")).model.state_dict()
+    at_2 = torch.load(ckpts / "ckpt_00000002.pt", weights_only=True)["model"]
+    at_6 = torch.load(ckpts / "ckpt_00000006.pt", weights_only=True)["model"]
+    flow = [k for k in initial if k.startswith("spynet.")]
+    assert flow and all(torch.equal(at_2[k], initial[k]) for k in flow)  # step 2 is inside the window
+    assert any(not torch.equal(at_6[k], initial[k]) for k in flow)  # ... step 6 after it
+
+    # Switching from the frame folders to a packed cache of them does not block the resume.
+    cache = tmp_path / "cache"
+    assert main(["prepare", "--cache", str(cache), "--kind", "frames", "--root", str(train_root)]) == 0
+    resumed = _resume_into(tmp_path, config, ckpts / "ckpt_00000002.pt", f"data.train.cache={cache}")
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        _assert_same_weights(run_dir / "weights" / name, resumed / "weights" / name)
+
+
+@pytest.mark.parametrize("override", [
+    "data.train.root=/moved/train",
+    "data.train.cache=/somewhere/cache",
+    "data.train.in_memory=true",
+    "model.spynet_weights=/moved/spynet.pth",
+    "model.edvr_weights=/moved/edvr.pth",
+    "model.init_weights=/other/start.safetensors",
+    "train.out_dir=/elsewhere",
+    "train.val_every=7",
+    "data.num_workers=2",
+])
+def test_resume_accepts_changes_of_where_things_are(override):
+    from mgvsr.config import to_dict
+    from mgvsr.train import check_resumable
+
+    before = ["model.spynet_weights=/a/spynet.pth", "model.edvr_weights=/a/edvr.pth", "data.train.root=/a/train"]
+    saved = {"step": 4, "config": to_dict(load_config(None, before))}
+    check_resumable(saved, load_config(None, before + [override]), Path("ckpt_00000004.pt"))
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model.num_feat=8", "model.num_feat: 64 -> 8"),
+    ("model.name=iconvsr", "model.name"),
+    ("model.spynet_weights=null", "model.spynet_weights"),  # pretrained flow vs from scratch: another recipe
+    ("schedule.kind=multigrid", "schedule.kind"),
+    ("schedule.total_iters=1000", "schedule.total_iters"),
+    ("optim.lr=1e-3", "optim.lr"),
+    ("optim.ema_decay=0.999", "optim.ema_decay"),
+    ("train.seed=1", "train.seed"),
+    ("data.train.kind=reds", "data.train.kind"),
+    ("data.use_flip=false", "data.use_flip"),
+])
+def test_resume_refuses_a_different_experiment(override, needle):
+    from mgvsr.config import to_dict
+    from mgvsr.train import ResumeError, check_resumable
+
+    before = ["model.spynet_weights=/a/spynet.pth", "data.train.root=/a/train"]
+    saved = {"step": 4, "config": to_dict(load_config(None, before))}
+    with pytest.raises(ResumeError, match="ckpt_00000004.pt was written by a run with a different config") as info:
+        check_resumable(saved, load_config(None, before + [override]), Path("ckpt_00000004.pt"))
+    assert needle in str(info.value)
+
+
+# ---- fp16 ----------------------------------------------------------------------------------------
+
+
+def test_fp16_overflow_is_left_to_the_scaler_and_non_finite_losses_stop_the_run(tmp_path, data_dirs, monkeypatch):
+    """train.amp=fp16 with the real GradScaler. CPU autocast to fp16 works but takes the slow
+    convolution path (~25x), so the forward runs in fp32 here and the overflow is provoked by scale."""
+    import contextlib
+
+    import mgvsr.train as train_mod
+
+    train_root, _ = data_dirs
+    monkeypatch.setattr(train_mod, "autocast_context", lambda device, amp: contextlib.nullcontext())
+    real_loss, calls = train_mod.pixel_loss, {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        if calls["n"] == 2:
+            return loss * 1e35  # a finite loss whose scaled (x 65536) gradients overflow
+        if calls["n"] >= 3:
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train_mod, "pixel_loss", flaky_loss)
+    cfg_path = write_config(tmp_path / "c.yaml", train_root, None, tmp_path / "runs", model=SMALL_MODEL,
+                            schedule=SMALL_FIXED, optim={"lr": 1e-3, "fix_flow_iters": 0},
+                            train={"name": "t", "out_dir": str(tmp_path / "runs"), "log_every": 1, "amp": "fp16",
+                                   "val_every": 0, "save_every": 2, "tensorboard": False, "progress": False,
+                                   "max_bad_steps": 2, "device": "cpu"})
+    with pytest.raises(train_mod.NonFiniteError, match=r"2 consecutive steps .*\(last at step 3\)"):
+        train_mod.train(load_config(cfg_path))
+    rows = _read_rows(tmp_path / "runs" / "t" / "train_log.csv")
+    assert [int(r["skipped"]) for r in rows] == [0, 0, 1, 2]  # the overflow is not a bad step
+    assert float(rows[1]["loss"]) > 1e25
+    state = torch.load(tmp_path / "runs" / "t" / "checkpoints" / "ckpt_00000002.pt", weights_only=True)
+    assert state["scaler"]["scale"] == 2.0 ** 15  # halved once, by the overflow of step 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
