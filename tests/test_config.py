@@ -40,6 +40,7 @@ def test_nested_dataset_override_creates_section():
         ("schedule.stage_shares=[1]", "schedule.stage_shares"),
         ("optim.lr_scaling=linear", "optim.ref_batch"),
         ("bogus.x=1", "unknown key 'bogus'"),
+        ("train.dist_timeout_min=0", "train.dist_timeout_min: must be > 0"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
@@ -62,3 +63,13 @@ def test_override_syntax():
     assert parse_override("a=null") == ("a", None)
     with pytest.raises(ConfigError):
         parse_override("novalue")
+
+
+def test_config_errors_are_mgvsr_errors():
+    from mgvsr.errors import MgvsrError
+
+    assert load_config().train.dist_timeout_min == 30
+    with pytest.raises(MgvsrError):  # reported by `mgvsr` in one line, no traceback
+        load_config(None, ["train.seed=x"])
+    with pytest.raises(ValueError):  # and still a ValueError, as before
+        load_config(None, ["train.seed=x"])

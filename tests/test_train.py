@@ -533,3 +533,19 @@ def test_fp16_overflow_is_left_to_the_scaler_and_non_finite_losses_stop_the_run(
     state = torch.load(tmp_path / "runs" / "t" / "checkpoints" / "ckpt_00000002.pt", weights_only=True)
     assert state["scaler"]["scale"] == 2.0 ** 15  # halved once, by the overflow of step 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_process_group_gets_the_configured_timeout(monkeypatch):
+    from datetime import timedelta
+
+    import mgvsr.distributed as distributed
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    info, device = distributed.init_distributed("cpu", timeout_min=7)
+    assert (info.rank, info.world_size, device.type) == (1, 2, "cpu")
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=7)}
