@@ -187,6 +187,18 @@ class Progress:
     last_loss: float = math.nan
     last_val: Optional[tuple[int, dict]] = None  # (step, metrics) of the latest validation
 
+    def record(self, result: StepResult) -> None:
+        """Count one finished step."""
+        self.step += 1
+        self.train_time += result.seconds
+        self.data_time += result.data_wait
+        if result.finite:
+            self.bad_streak = 0
+            self.last_loss = result.loss
+        else:
+            self.skipped += 1
+            self.bad_streak += 1
+
     def counters(self) -> dict:
         return {"train_time": self.train_time, "data_time": self.data_time, "skipped": self.skipped,
                 "bad_streak": self.bad_streak}
@@ -235,15 +247,8 @@ def train(cfg: Config) -> dict:
                 net = wrap_model(learner.model, frozen, dist, device)
 
             result = train_step(net, learner, batches, cfg, device, stop)
-            progress.step = step + 1
-            progress.train_time += result.seconds
-            progress.data_time += result.data_wait
-            if result.finite:
-                progress.bad_streak = 0
-                progress.last_loss = result.loss
-            else:
-                progress.skipped += 1
-                progress.bad_streak += 1
+            progress.record(result)
+            if not result.finite:
                 tracker.write(f"step {step}: non-finite loss/gradient ({result.loss}, {result.grad_norm}); skipped")
 
             if progress.step % cfg.train.log_every == 0 or progress.step == total or progress.bad_streak:
