@@ -152,7 +152,7 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\n{self.requested}: stopping after this step and saving it (again to stop now)", flush=True)
+        print(f"\n{self.requested}: saving and stopping at the end of a step (again to stop now)", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
