@@ -68,9 +68,10 @@ class ResumeError(MgvsrError, RuntimeError):
 RESUME_KEYS = ("model", "schedule", "optim", "data.train", "data.use_flip", "data.use_rot",
                "data.use_reverse", "data.intervals", "train.seed")
 # Where the same data or weights are read from, not what they are: a moved dataset root, a packed cache
-# of the same dataset (set or unset) and in-RAM loading. ``model.init_weights`` is only the starting
-# point, which the checkpoint replaces.
-RESUME_IGNORED = ("data.train.root", "data.train.cache", "data.train.in_memory", "model.init_weights")
+# or BasicSR LMDB folders of the same dataset (set or unset) and in-RAM loading. ``model.init_weights``
+# is only the starting point, which the checkpoint replaces.
+RESUME_IGNORED = ("data.train.root", "data.train.cache", "data.train.gt_lmdb", "data.train.lq_lmdb",
+                  "data.train.in_memory", "model.init_weights")
 # Pretrained sub-networks: whether one was loaded is part of the recipe, the file's path is not.
 RESUME_PRESENCE_ONLY = ("model.spynet_weights", "model.edvr_weights")
 
