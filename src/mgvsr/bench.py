@@ -419,12 +419,17 @@ def _describe_check(check: dict) -> str:
     return ", ".join(parts)
 
 
+def train_command(config: str, args: list[str]) -> list[str]:
+    """The command that trains one run: ``mgvsr train`` in this Python."""
+    return [sys.executable, "-m", "mgvsr.cli", "train", config, *args]
+
+
 def train_run(config: str, cfg: Config, args: list[str], name: str, seed: int, run_dir: Path,
               threads: int | None) -> dict:
     """Train one run in a fresh ``mgvsr train`` process, watched by :class:`CpuWatch`; the CPU record
     is appended to the run folder's ``bench_cpu.json``, the output to its ``train_output.log``.
     Raises :class:`BenchError` when the process fails."""
-    cmd = [sys.executable, "-m", "mgvsr.cli", "train", config, *args]
+    cmd = train_command(config, args)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
