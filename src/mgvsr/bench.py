@@ -442,11 +442,17 @@ def train_run(config: str, cfg: Config, args: list[str], name: str, seed: int, r
     resumed = _has_checkpoints(run_dir)
     print(f"\n=== {run_dir.name}: {shlex.join(cmd)}\n    (output also in {log})", flush=True)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    with CpuWatch(threads_used(cfg, threads)) as watch:
-        code = run_logged(cmd, env, log)
-    _append_cpu_record(run_dir, {"started": started, **watch.record, "resumed": resumed, "exit_code": code})
+    watch, code = CpuWatch(threads_used(cfg, threads)), None
+    try:
+        with watch:
+            code = run_logged(cmd, env, log)
+    finally:
+        # Kept when the benchmark is interrupted too, so a run resumed later still has its first part.
+        if watch.record:
+            _append_cpu_record(run_dir, {"started": started, **watch.record, "resumed": resumed, "exit_code": code})
     if code != 0:
-        raise BenchError(f"run {name} (seed {seed}) failed with exit code {code}; see {log}")
+        how = f"was killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
+        raise BenchError(f"run {name} (seed {seed}) {how}; see {log}")
     check = timing_check(read_cpu_records(run_dir))
     print(f"    timing check: {check['status']} ({_describe_check(check)})", flush=True)
     try:
