@@ -625,7 +625,8 @@ def format_table(table: dict, reference: str, runs: list[dict] | None = None,
         mark = _MARKS.get(warning.split(":")[0], " ") if warning else " "
         lines.append(
             f"{name:<16}{r['train_time_s']:>10.1f}{r['val_psnr']:>8.2f}{r['val_psnr_y']:>8.2f}{r['val_ssim_y']:>8.4f}"
-            f"{r['psnr_y_diff']:>+9.3f}{r['speedup']:>7.2f}x{mark}{r['flop_ratio']:>6.2f}x{r['speedup_over_flop_ratio']:>6.2f}"
+            f"{r['psnr_y_diff']:>+9.3f}{r['speedup']:>7.2f}x{mark}"
+            f"{r['flop_ratio']:>6.2f}x{r['speedup_over_flop_ratio']:>6.2f}"
             f"{reach:>7}{reach_tol:>10}{tol_avg:>8}{100 * r['data_wait_share']:>6.1f}%{_share(r.get('cpu_share')):>6}"
             + (f"  ({warning})" if warning else "")
         )
@@ -725,14 +726,14 @@ def run(args: argparse.Namespace) -> int:
 def _check_configs(config: str, overrides: list[str], variants: list[Variant]) -> None:
     """Load every variant's config before training anything, so a typo in the last variant does not
     surface an hour into the benchmark."""
-    for variant in [Variant("(common overrides)", [])] + variants:
+    checks = [("", overrides)] + [(f"variant {v.name}: ", [*overrides, *v.overrides]) for v in variants]
+    for where, all_overrides in checks:
         try:
-            cfg = load_config(config, [*overrides, *variant.overrides])
+            cfg = load_config(config, all_overrides)
         except ConfigError as err:
-            where = "" if variant.name.startswith("(") else f"variant {variant.name}: "
             raise BenchError(f"{where}{err}") from None
         if cfg.data.val is None:
-            raise BenchError(f"{config}: the benchmark compares validation scores, so data.val must be set")
+            raise BenchError(f"{where}{config}: the benchmark compares validation scores, so data.val must be set")
 
 
 def _run(args: argparse.Namespace) -> int:
