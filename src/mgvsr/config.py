@@ -51,8 +51,8 @@ class DatasetConfig:
 
     kind: Literal["reds", "vimeo", "vid4", "frames", "video", "prepared"] = "prepared"
     root: str = ""
-    # Layout-specific split: reds: "train" (all but REDS4) | "REDS4" | "all";
-    # vimeo: "train" | "test"; others: ignored unless the layout has one.
+    # Layout-specific split: reds: "train" (all but REDS4) | "REDS4" | "all" | BasicSR's official
+    # partition (docs/data.md); vimeo: "train" | "test" (| "all" from LMDB); others: ignored unless the layout has one.
     split: str = "train"
     # The LR degradation: BI (bicubic) or BD (blur + subsample); selects the stored LR folder/LMDB.
     degradation: Literal["BI", "BD"] = "BI"

@@ -10,8 +10,9 @@ Layouts (``DatasetConfig.kind``):
   ``meta_info_REDSofficial4_test_GT.txt``; called REDSval4 in some papers).
 * ``vimeo``: Vimeo-90K septuplets ``sequences/00001/0001/im1..7.png`` listed by ``sep_trainlist.txt``
   (split ``train``) or ``sep_testlist.txt`` (``test``); LR from ``sequences_BIx4`` / ``sequences_BDx4``
-  (by ``degradation``) when present, else made on the fly.
-* ``vid4``: ``GT/<clip>/*.png`` with LR in ``BIx4/<clip>`` or ``BDx4/<clip>`` when present.
+  (by ``degradation``).
+* ``vid4``: ``GT/<clip>/*.png`` with LR in ``BIx4/<clip>`` or ``BDx4/<clip>``.
+* ``reds`` / ``vimeo`` may instead come from BasicSR's LMDB folders (``mgvsr.data.lmdb``).
 * ``frames``: ``root/<clip>/*.png|jpg``; LR from a sibling ``lr/<clip>`` folder when present
   (either ``root/hr`` + ``root/lr`` or ``root`` + ``root/../lr``).
 * ``video``: a video file or a folder of them (mp4/avi/mkv/mov/webm); each video is one clip, or is
