@@ -159,6 +159,26 @@ def test_lmdb_source_pickles_and_reopens_per_process(reds_root, monkeypatch):
     assert lmdb_module.open_environment(train.gt.path) is not env
 
 
+def _fixed_shape(step: int) -> tuple[int, int, int]:
+    return 3, 8, 2  # T, LR patch, batch
+
+
+def test_dataloader_workers_read_lmdb_like_the_main_process(reds_root):
+    """A forked worker (it inherits the parent's open environment) reads the same batches."""
+    from torch.utils.data import DataLoader
+
+    from mgvsr.data import StepBatches
+
+    ds = _ds("reds", reds_root, **REDS_LMDB)
+    batches = StepBatches(ds, _fixed_shape, seed=4, rank=0, world_size=1, aug=ALL_AUG, intervals=(1,))
+    ref = [batches[s] for s in range(3)]
+    loader = DataLoader(batches, batch_size=None, sampler=range(3), num_workers=1, multiprocessing_context="fork")
+    got = list(loader)
+    assert len(got) == 3
+    for (a, b), (c, d) in zip(got, ref):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
 def test_lmdb_without_lq_needs_on_the_fly(reds_root):
     with pytest.raises(DataError, match="lq_lmdb.*lr_source: on_the_fly"):
         _ds("reds", reds_root, gt_lmdb=REDS_LMDB["gt_lmdb"])

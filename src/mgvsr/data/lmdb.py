@@ -116,7 +116,8 @@ def group_clips(keys: Sequence[str], where: Path) -> dict[str, list[str]]:
 
 
 class LmdbFolder:
-    """One BasicSR LMDB folder: where it is, its ``meta_info.txt`` index, and a per-process reader."""
+    """One BasicSR LMDB folder (``data.mdb`` + ``meta_info.txt``): checked on creation, read through this
+    process's handle (:func:`open_environment`), so it pickles as a plain path."""
 
     def __init__(self, path: Path, role: str):
         self.path = Path(path)
