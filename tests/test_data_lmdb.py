@@ -318,3 +318,13 @@ def test_cli_eval_on_lmdb_equals_folders(tmp_path, reds_root, capsys):
     assert main(["eval", "--bicubic", "--data", f"reds:{reds_root}", "--gt-lmdb", REDS_LMDB["gt_lmdb"],
                  "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
     assert "set lq_lmdb" in capsys.readouterr().err
+
+
+def test_pack_cache_from_lmdb(tmp_path, reds_root):
+    from mgvsr.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(["prepare", "--cache", str(cache), "--kind", "reds", "--root", str(reds_root), "--split", "all",
+                 "--gt-lmdb", REDS_LMDB["gt_lmdb"], "--lq-lmdb", REDS_LMDB["lq_lmdb"]]) == 0
+    lmdb_ds = _ds("reds", reds_root, split="all", **REDS_LMDB)
+    assert_same_dataset(lmdb_ds, _ds("reds", reds_root, split="all", cache=str(cache)))
