@@ -243,6 +243,16 @@ def test_stored_frame_size_disagreeing_with_meta_info(tmp_path, reds_root):
         _build(gt, lq)
 
 
+def test_undecodable_value_is_named(tmp_path, reds_root):
+    gt, lq = _broken(tmp_path, reds_root)
+    env = lmdb.open(str(lq), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        txn.put(b"011/00000002", b"not a png")
+    env.close()
+    with pytest.raises(DataError, match=r"lq\.lmdb: key '011/00000002': not a readable image"):
+        _build(gt, lq)
+
+
 def test_scale_mismatch_between_gt_and_lq(tmp_path, reds_root):
     gt, lq = _broken(tmp_path, reds_root)
     meta = (lq / "meta_info.txt").read_text().replace("(16,20,3)", "(32,40,3)")
