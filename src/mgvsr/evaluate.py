@@ -277,6 +277,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="dataset split (default: REDS4 for reds, test for vimeo)")
     parser.add_argument("--degradation", choices=["BI", "BD"], default="BI", help="LR frames: bicubic (BI) or blur-down (BD)")
     parser.add_argument("--clips", nargs="+", help="evaluate only these clips")
+    parser.add_argument("--lr-source", choices=["disk", "on_the_fly", "auto"],
+                        help="LR frames from disk or made from HR (default: per layout, see docs/data.md)")
+    parser.add_argument("--gt-lmdb", help="reds/vimeo from BasicSR's LMDB folders: the GT .lmdb (relative to ROOT)")
+    parser.add_argument("--lq-lmdb", help="with --gt-lmdb: the LQ .lmdb folder (relative to ROOT)")
     parser.add_argument("--max-frames", type=int, default=0, help="at most this many frames per clip (0 = all)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), help="default: from the dataset kind")
     parser.add_argument(
@@ -322,6 +326,9 @@ def _run(args: argparse.Namespace) -> int:
         fields["split"] = split
     if args.clips:
         fields["clips"] = args.clips
+    for key in ("lr_source", "gt_lmdb", "lq_lmdb"):
+        if getattr(args, key):
+            fields[key] = getattr(args, key)
     try:
         ds_cfg = from_dict({"data": {"train": fields}}).data.train
         dataset = build_dataset(ds_cfg, scale=4)

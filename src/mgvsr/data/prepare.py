@@ -273,6 +273,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="dataset root for --cache")
     parser.add_argument("--split", default="train", help="dataset split for --cache")
     parser.add_argument("--degradation", choices=["BI", "BD"], default="BI")
+    parser.add_argument("--lr-source", choices=["disk", "on_the_fly", "auto"],
+                        help="for --cache: LR frames from disk or made from HR (default: per layout)")
+    parser.add_argument("--gt-lmdb", help="for --cache: reds/vimeo from BasicSR's LMDB folders, the GT .lmdb")
+    parser.add_argument("--lq-lmdb", help="for --cache: with --gt-lmdb, the LQ .lmdb folder")
     parser.add_argument("--scale", type=int, default=4)
 
 
@@ -287,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
                 raise DataError("--cache needs --kind and --root (the dataset to pack)")
             clip_len = args.clip_len if args.kind == "video" else 0
             cfg = DatasetConfig(kind=args.kind, root=args.root, split=args.split, degradation=args.degradation,
-                                clip_len=clip_len)
+                                clip_len=clip_len, lr_source=args.lr_source, gt_lmdb=args.gt_lmdb,
+                                lq_lmdb=args.lq_lmdb)
             source = build_source(cfg, args.scale)
             write_cache(source, Path(args.cache), cache_origin(cfg, args.scale), progress=True)
             print(f"packed {len(source)} clips of {source.description} into {args.cache}")
