@@ -226,3 +226,30 @@ def test_infer_model_config_reads_the_head_width():
     state = build_model(ModelConfig(num_feat=8, num_block=2, head_feat=12)).state_dict()
     cfg = infer_model_config(state)
     assert (cfg.name, cfg.num_feat, cfg.num_block, cfg.head_feat) == ("basicvsr", 8, 2, 12)
+
+
+class CentreFrameModel(nn.Module):
+    """A sliding-window stand-in: ``forward`` gives the window's centre frame only, ``forward_clip``
+    one output per input frame (frame t gets the value t / 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward_clip(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c, h, w = x.shape
+        return torch.arange(t, dtype=x.dtype).view(1, t, 1, 1, 1).expand(b, t, c, 4 * h, 4 * w) / 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_clip(x)[:, x.shape[1] // 2]
+
+
+def test_runner_calls_forward_clip_of_sliding_window_models():
+    from mgvsr.evaluation import InferenceOptions, run_clip
+
+    clip = torch.rand(5, 3, 6, 7)
+    for opts in (InferenceOptions(), InferenceOptions(chunk=2, chunk_overlap=1), InferenceOptions(tile=4, tile_overlap=1)):
+        out = run_clip(CentreFrameModel(), clip, opts)
+        assert out.shape == (5, 3, 24, 28)
+    whole = run_clip(CentreFrameModel(), clip)
+    assert torch.allclose(whole[:, 0, 0, 0], torch.arange(5, dtype=torch.float32) / 10)
