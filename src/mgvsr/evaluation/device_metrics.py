@@ -5,7 +5,8 @@ last on the [0, 255] scale, ``crop_border`` pixels removed from every edge, the 
 BT.601 limited range (MATLAB ``rgb2ycbcr``), SSIM with an 11x11 Gaussian window (sigma 1.5) on the
 'valid' region only, population statistics, channel means averaged. The arithmetic follows the
 reference step by step (separable filter as sums of shifted slices, in the same order), so the
-values agree with it to about 1e-12; tests check 1e-6 dB and 1e-8 SSIM. On a GPU this is what makes
+values agree with it to about 1e-12 (the filter's fused multiply-adds round differently in the last
+bit); tests check 1e-6 dB and 1e-8 SSIM. On a GPU this is what makes
 validation of 720p frames cheap (the numpy SSIM takes about a second per frame).
 
 Both functions take uint8 or float tensors of shape ``(H, W, 3)`` / ``(H, W)`` and return 0-dim
@@ -41,7 +42,7 @@ def _prepare(pred: torch.Tensor, gt: torch.Tensor, crop_border: int, y_channel: 
         img = img.to(torch.float64)
         if y_channel and img.shape[2] == 3:
             img = rgb_to_y(img)[:, :, None]
-        out.append(img.permute(2, 0, 1))
+        out.append(img.permute(2, 0, 1).contiguous())
     return out[0], out[1]
 
 
@@ -62,11 +63,20 @@ _TAPS = [float(t) for t in _gaussian_window_1d()]  # normalised 11-tap Gaussian,
 
 
 def _filter_valid(img: torch.Tensor, taps: list[float]) -> torch.Tensor:
-    """Separable correlation of ``(..., H, W)`` with ``outer(taps, taps)``, 'valid' region only."""
+    """Separable correlation of ``(..., H, W)`` with ``outer(taps, taps)``, 'valid' region only.
+
+    Two 1-D passes, each accumulating shifted slices in place (one fused multiply-add per tap), which
+    keeps memory traffic low on both CPU and GPU.
+    """
     k = len(taps)
     h, w = img.shape[-2:]
-    rows = sum(taps[i] * img[..., i : h - k + 1 + i, :] for i in range(k))
-    return sum(taps[j] * rows[..., j : w - k + 1 + j] for j in range(k))
+    rows = img[..., 0 : h - k + 1, :] * taps[0]
+    for i in range(1, k):
+        rows.add_(img[..., i : h - k + 1 + i, :], alpha=taps[i])
+    out = rows[..., 0 : w - k + 1] * taps[0]
+    for j in range(1, k):
+        out.add_(rows[..., j : w - k + 1 + j], alpha=taps[j])
+    return out
 
 
 def ssim(pred: torch.Tensor, gt: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
@@ -77,12 +87,10 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, crop_border: int = 0, y_channel: 
             f"ssim needs at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels after crop_border={crop_border}, "
             f"got {a.shape[-2]}x{a.shape[-1]}"
         )
-    taps = _TAPS
-    mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)
+    # The five local statistics of every channel in one filtering pass.
+    mu_a, mu_b, e_aa, e_bb, e_ab = _filter_valid(torch.stack([a, b, a * a, b * b, a * b]), _TAPS)
     mu_a2, mu_b2, mu_ab = mu_a**2, mu_b**2, mu_a * mu_b
-    var_a = _filter_valid(a * a, taps) - mu_a2
-    var_b = _filter_valid(b * b, taps) - mu_b2
-    cov_ab = _filter_valid(a * b, taps) - mu_ab
+    var_a, var_b, cov_ab = e_aa - mu_a2, e_bb - mu_b2, e_ab - mu_ab
     num = (2.0 * mu_ab + _SSIM_C1) * (2.0 * cov_ab + _SSIM_C2)
     den = (mu_a2 + mu_b2 + _SSIM_C1) * (var_a + var_b + _SSIM_C2)
     return (num / den).mean(dim=(-2, -1)).mean()
