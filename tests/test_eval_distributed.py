@@ -93,3 +93,35 @@ def test_two_gloo_ranks_score_like_one_process(tmp_path):
         assert got["frames_in"] == 4 + 4 + 3
         # ... while each rank read only its share of the clips (model pass, then bicubic pass).
         assert got["read"] == ([0, 2, 0, 2] if rank == 0 else [1, 1])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_torchrun_training_validates_on_every_rank(tmp_path):
+    """2-process training with validation and the end-of-run report: every rank takes part in the
+    scoring collectives (a rank left out would hang the run), rank 0 writes the logs and report."""
+    import yaml
+
+    train_root = syn.write_frames(tmp_path / "train", clips=("a", "b"), num_frames=4, size=(80, 80))
+    val_root = syn.write_frames(tmp_path / "val", clips=("v1", "v2", "v3"), num_frames=3, size=(48, 48))
+    cfg = {
+        "model": {"name": "basicvsr", "num_feat": 4, "num_block": 1},
+        "data": {"train": {"kind": "frames", "root": str(train_root)}, "val": {"kind": "frames", "root": str(val_root)},
+                 "num_workers": 0},
+        "schedule": {"kind": "fixed", "total_iters": 2, "num_frames": 2, "patch_size": 16, "batch_size": 1},
+        "train": {"name": "t", "out_dir": str(tmp_path / "runs"), "val_every": 1, "save_every": 100,
+                  "tensorboard": False, "progress": False},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(SRC))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mgvsr.cli", "train", str(tmp_path / "c.yaml")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "t"
+    rows = (run / "val_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]  # written once per validation (rank 0)
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = json.loads((run / "val_metrics.json").read_text())
+    assert list(metrics["mgvsr"]["clips"]) == ["v1", "v2", "v3"] and list(metrics["bicubic"]["clips"]) == ["v1", "v2", "v3"]
+    assert summary["val_psnr_y"] == metrics["mgvsr"]["average"]["psnr_y"]
+    assert (run / "side_by_side.png").is_file()
