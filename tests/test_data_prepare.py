@@ -12,7 +12,7 @@ from mgvsr.cli import main
 from mgvsr.config import DatasetConfig
 from mgvsr.data import DataError, build_dataset, iter_clips, make_batch
 from mgvsr.data import prepare as prep
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 from mgvsr.data.io import write_video
 
 

@@ -8,7 +8,7 @@ import torch
 
 from mgvsr.config import DatasetConfig
 from mgvsr.data import build_dataset, iter_clips, make_batch
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 from mgvsr.data.degrade import degrade
 from mgvsr.data.io import DataError, read_video
 from mgvsr.data.sampling import AugmentConfig, draw_picks

@@ -1,4 +1,4 @@
-"""Chunked / tiled inference (mgvsr.inference) and ``mgvsr upscale`` on a real short clip."""
+"""Chunked / tiled inference (mgvsr.evaluation.runner) and ``mgvsr upscale`` on a real short clip."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import needs_shared_data, shared_data
-from mgvsr.inference import InferenceOptions, frames_to_tensor, plan_spans, run_clip, stream_frames
+from mgvsr.evaluation.runner import InferenceOptions, frames_to_tensor, plan_spans, run_clip, stream_frames
 from mgvsr.metrics import tensor_to_uint8
 from mgvsr.upscale import UpscaleError, upscale
 

@@ -31,16 +31,15 @@ from mgvsr.checkpoint import Checkpointer, rng_state, set_rng_state
 from mgvsr.config import Config, load_config, save_config, to_dict
 from mgvsr.data import AugmentConfig, StepBatches, build_dataset, check_shape
 from mgvsr.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
-from mgvsr.inference import autocast_context
+from mgvsr.evaluation import score_model
 from mgvsr.losses import pixel_loss
 from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
 from mgvsr.optim import EMA, flow_frozen, make_optimizer, set_flow_trainable, set_lr
 from mgvsr.report import final_report
-from mgvsr.runtime import tune_allocator
+from mgvsr.runtime import autocast_context, tune_allocator
 from mgvsr.schedule import ShapeFn, phases, spec_at
 from mgvsr.tracking import Tracker, write_json
-from mgvsr.validation import validate
 
 
 class NonFiniteError(RuntimeError):
@@ -340,13 +339,12 @@ def train(cfg: Config) -> dict:
             if cfg.train.val_every and val_set is not None and (
                 step_done % cfg.train.val_every == 0 or step_done == total
             ):
-                if dist.is_main:
-                    eval_model = ema.model if ema is not None else model
-                    val_metrics = validate(eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
-                    last_val = (step_done, val_metrics)
-                    tracker.log_val({"step": step_done, "wall_time": round(train_time, 4), **val_metrics["average"]})
-                    model.train()
-                barrier()
+                # Every rank scores its share of the clips; the tracker writes on rank 0 only.
+                eval_model = ema.model if ema is not None else model
+                val_metrics = score_model(eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
+                last_val = (step_done, val_metrics)
+                tracker.log_val({"step": step_done, "wall_time": round(train_time, 4), **val_metrics["average"]})
+                model.train()
 
     tracker.close()
     summary = None
@@ -370,10 +368,13 @@ def train(cfg: Config) -> dict:
             "global_batch_full_shape": cfg.schedule.batch_size * world * accum,
             "weights": str(weights_dir / ("model_ema.safetensors" if ema is not None else "model.safetensors")),
         }
-        if val_set is not None:
-            eval_model = ema.model if ema is not None else model
-            final_val = last_val[1] if last_val is not None and last_val[0] == total else None
-            summary.update(final_report(eval_model, val_set, cfg, run_dir, final_val))
+    if val_set is not None:  # every rank scores its share of the clips; rank 0 writes the report
+        eval_model = ema.model if ema is not None else model
+        final_val = last_val[1] if last_val is not None and last_val[0] == total else None
+        report = final_report(eval_model, val_set, cfg, run_dir, final_val, write=dist.is_main)
+        if summary is not None:
+            summary.update(report)
+    if dist.is_main:
         write_json(run_dir / "summary.json", summary)
     barrier()
     cleanup()

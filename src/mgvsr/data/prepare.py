@@ -33,8 +33,9 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from mgvsr.data.io import DataError, open_video, write_video
-from mgvsr.data.sources import MANIFEST, degrade_frames, list_videos
+from mgvsr.data.degrade import degrade_frames
+from mgvsr.data.io import DataError, iter_video_frames, write_video
+from mgvsr.data.sources import MANIFEST, list_videos
 
 PREPARED_FORMAT = "mgvsr-prepared-v1"
 
@@ -118,28 +119,18 @@ class Chunk:
 def iter_chunks(path: Path, clip_len: int, every: int, hw: Optional[tuple[int, int]], scale: int,
                 max_frames: int = 0) -> Iterator[Chunk]:
     """Stream ``path`` and yield every ``every``-th run of ``clip_len`` frames (resized), in order."""
-    container = open_video(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        buf: list[np.ndarray] = []
-        for i, frame in enumerate(container.decode(stream)):
-            if max_frames and i >= max_frames:
-                break
-            k = i // clip_len
-            if k % every:
-                continue
-            buf.append(resize_frame(frame.to_ndarray(format="rgb24"), hw, scale))
-            if len(buf) == clip_len:
-                frames = np.stack(buf)
-                buf = []
-                yield Chunk(path, k, k * clip_len, frames, detail(frames[::4]), max_frame_change(frames))
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"{path}: corrupt or truncated video ({err})") from None
-    finally:
-        container.close()
+    buf: list[np.ndarray] = []
+    for i, frame in enumerate(iter_video_frames(path)):
+        if max_frames and i >= max_frames:
+            break
+        k = i // clip_len
+        if k % every:
+            continue
+        buf.append(resize_frame(frame, hw, scale))
+        if len(buf) == clip_len:
+            frames = np.stack(buf)
+            buf = []
+            yield Chunk(path, k, k * clip_len, frames, detail(frames[::4]), max_frame_change(frames))
 
 
 def split_val(chunks: list[Chunk], val_clips: int) -> tuple[list[Chunk], list[Chunk]]:

@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mgvsr.data.degrade import degrade_frames
 from mgvsr.data.io import (
     VIDEO_EXTS,
     DataError,
@@ -53,18 +54,6 @@ REDS_OFFICIAL = tuple(f"{i:03d}" for i in range(240, 270))
 REDS_OFFICIAL4 = ("240", "241", "246", "257")
 # Check every frame header when a dataset has at most this many frames, else the first of each clip.
 FULL_HEADER_CHECK_LIMIT = 5000
-
-
-def degrade_frames(hr: np.ndarray, kind: str, scale: int) -> np.ndarray:
-    """``uint8 (T, H, W, 3)`` -> ``uint8 (T, H/scale, W/scale, 3)`` with the BI/BD degradation."""
-    import torch
-
-    from mgvsr.data.degrade import degrade  # written by the degradation module's owner
-
-    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(0, 3, 1, 2).float().div_(255.0)
-    y = degrade(x, kind=kind, scale=scale)
-    y = y.mul(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # MATLAB rounding
-    return y.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 @dataclass
