@@ -4,7 +4,7 @@
         [--repeats 3] [--amp none,bf16] [--device cpu] [--budget 90]
 
 Each model (``FEATxBLOCKS``, random weights: speed does not depend on them) super-resolves a clip of
-``--frames`` random LR frames in one forward pass (``mgvsr.inference.run_clip``, no chunks/tiles).
+``--frames`` random LR frames in one forward pass (``mgvsr.evaluation.run_clip``, no chunks/tiles).
 One untimed warm-up pass on a small 2-frame 32x32 clip comes first (threads, allocator), then up to
 ``--repeats`` timed passes; the median time gives frames/s. ``--budget`` seconds bound the whole run:
 every (model, amp) pair is timed at least once, further repeats only while the budget lasts, so the
@@ -24,7 +24,8 @@ import time
 import torch
 
 from mgvsr.config import ModelConfig
-from mgvsr.inference import InferenceError, InferenceOptions, autocast_context, resolve_device, run_clip
+from mgvsr.evaluation import InferenceOptions, run_clip
+from mgvsr.runtime import DeviceError, autocast_context, resolve_device
 from mgvsr.models import build_model
 
 
@@ -57,7 +58,7 @@ def bf16_supported(device: torch.device) -> bool:
         with autocast_context(device, "bf16"):
             torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
         return True
-    except (InferenceError, RuntimeError):
+    except (DeviceError, RuntimeError):
         return False
 
 

@@ -1,8 +1,30 @@
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MGVSR_TESTING", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Large test inputs (e.g. a real video) live in the project's shared folder, never in the repository:
+# beside the checkout (`../shared`, how worktrees are laid out) or inside a copied tree (`shared/`).
+SHARED_DIRS = (REPO_ROOT.parent / "shared", REPO_ROOT / "shared")
+
+
+def shared_data(name: str) -> Path:
+    """``shared/data/<name>`` located relative to this checkout (the first candidate if it is nowhere)."""
+    for base in SHARED_DIRS:
+        path = base / "data" / name
+        if path.is_file():
+            return path
+    return SHARED_DIRS[0] / "data" / name
+
+
+def needs_shared_data(name: str) -> pytest.MarkDecorator:
+    """Skip a test, with the places looked at as the reason, when ``shared/data/<name>`` is absent."""
+    found = shared_data(name).is_file()
+    where = " or ".join(str(d / "data") for d in SHARED_DIRS)
+    return pytest.mark.skipif(not found, reason=f"{name} not found in {where}")
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,19 @@
-"""The benchmark's bookkeeping: variant parsing, time-to-reach interpolation, paired comparisons."""
+"""The benchmark's bookkeeping: variant parsing and presets, time-to-reach interpolation, paired
+comparisons, timing checks of disturbed runs, and one real tiny benchmark (CPU records, failed run)."""
 
 import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
-from mgvsr.bench import compare, finished_run, format_table, mean_curve, parse_variant, time_to_reach
+from mgvsr import bench
+from mgvsr.bench import (BenchError, compare, cpu_record, finished_run, format_table, mean_curve, parse_variant,
+                         per_run, resolve_variants, time_to_reach, timing_check)
+from mgvsr.cli import main
 from mgvsr.config import load_config, save_config
 
 
@@ -97,3 +106,166 @@ def test_reach_of_the_seed_averaged_curve():
     row = compare({"baseline": base, "multigrid": mg}, "baseline")["multigrid"]
     # mean curve (11 s, 28.5), (21 s, 30.1): 30.05 at 11 + 10 * 1.55 / 1.6 s; mean reference time 110 s
     assert row["time_to_reach_ref_tol_mean_speedup"] == pytest.approx(110.0 / (11.0 + 10.0 * 1.55 / 1.6))
+
+
+# ---- timing checks: is a run's time trustworthy? -------------------------------------------------
+
+
+def _segment(wall, cpu, threads=2, other=0.0, resumed=False):
+    return {"wall_s": wall, "cpu_s": cpu, "threads": threads, "other_share": other, "load_max": 2.0,
+            "resumed": resumed}
+
+
+def test_cpu_record_shares():
+    # 100 s on 2 threads using 190 s of CPU: share 0.95. The machine (2 cores, 100 ticks/s) was busy
+    # for 250 s of its 400 tick-seconds: 60 s of it not ours, 15% of its capacity.
+    rec = cpu_record(100.0, 180.0, 10.0, 2, machine_busy=25_000, machine_total=20_000 * 2, ticks_per_s=100,
+                     loads=[1.0, 2.5, 2.0])
+    assert rec["cpu_s"] == pytest.approx(190.0)
+    assert rec["cpu_share"] == pytest.approx(0.95)
+    assert rec["other_share"] == pytest.approx(60.0 * 100 / 40_000)
+    assert (rec["load_start"], rec["load_max"], rec["load_end"]) == (1.0, 2.5, 2.0)
+    # without /proc/stat there is no other-processes share; the CPU share still works
+    rec = cpu_record(10.0, 5.0, 0.0, 1, None, None, 100, [])
+    assert rec["other_share"] is None and rec["cpu_share"] == pytest.approx(0.5)
+
+
+def test_timing_check_flags_low_share_or_busy_machine():
+    assert timing_check([_segment(100.0, 195.0)])["status"] == "ok"
+    low = timing_check([_segment(100.0, 120.0)])  # share 0.60 (another job took the cores)
+    assert low["status"] == "disturbed" and "CPU share 0.60 < 0.75" in low["reasons"][0]
+    busy = timing_check([_segment(100.0, 195.0, other=0.3)])  # threads < cores: others ran beside it
+    assert busy["status"] == "disturbed" and "30%" in busy["reasons"][0]
+    assert timing_check([_segment(100.0, 160.0)])["status"] == "ok"  # 0.80: own serial phases
+    assert timing_check([_segment(100.0, 185.0)], min_cpu_share=0.95)["status"] == "disturbed"
+    assert timing_check([_segment(100.0, 195.0, other=0.3)], max_other_share=0.5)["status"] == "ok"
+    # several processes (interrupted and resumed) are pooled by time: 0.5 and 1.0 over 10 s and 90 s
+    pooled = timing_check([_segment(10.0, 10.0), _segment(90.0, 180.0, resumed=True)])
+    assert pooled["cpu_share"] == pytest.approx(190.0 / 200.0) and pooled["status"] == "ok"
+    assert timing_check(None)["status"] == "unchecked"
+    assert timing_check([_segment(100.0, 195.0, resumed=True)])["status"] == "unchecked"  # first part unseen
+
+
+def test_ratios_from_disturbed_runs_carry_a_warning():
+    def timed(time, psnr_y, flops, share):
+        run = _run(time, psnr_y, flops, [{"step": 1, "wall_time": time, "psnr_y": psnr_y}])
+        run["cpu"] = {"segments": [_segment(time, 2 * time * share)]}
+        return run
+
+    results = {"baseline": [timed(100.0, 30.0, 1000.0, 0.98), timed(160.0, 30.0, 1000.0, 0.6)],
+               "multigrid": [timed(50.0, 30.0, 500.0, 0.97), timed(55.0, 30.0, 500.0, 0.99)],
+               "old": [_run(80.0, 30.0, 800.0, []), _run(80.0, 30.0, 800.0, [])]}
+    table = compare(results, "baseline")
+    assert table["baseline"]["timing_check"] == "disturbed"
+    assert table["baseline"]["disturbed_runs"] == ["baseline seed 1"]
+    # multigrid's own runs are fine, but its speedup uses the disturbed baseline of seed 1
+    assert table["multigrid"]["timing_check"] == "ok"
+    assert table["multigrid"]["ratio_warning"] == "disturbed: baseline seed 1"
+    assert table["old"]["timing_check"] == "unchecked"
+    runs = per_run(results, "baseline")
+    assert [(r["variant"], r["seed"], r["timing_check"]["status"]) for r in runs][:3] == [
+        ("baseline", 0, "ok"), ("baseline", 1, "disturbed"), ("multigrid", 0, "ok")]
+    assert runs[3]["speedup"] == pytest.approx(160.0 / 55.0)
+    text = format_table(table, "baseline", runs)
+    row = next(line for line in text.splitlines() if line.startswith("multigrid "))
+    assert "x!" in row and row.endswith("(disturbed: baseline seed 1)")
+    assert "! DISTURBED timing (baseline seed 1: CPU share 0.60 < 0.75)" in text
+    assert "? unchecked timing (old seed 0, old seed 1)" in text
+    assert "per run" in text and text.count("disturbed") >= 3
+    # with every run fine, the summary says so
+    clean = {"baseline": results["baseline"][:1], "multigrid": results["multigrid"][:1]}
+    text = format_table(compare(clean, "baseline"), "baseline", per_run(clean, "baseline"))
+    assert "timing check: every run" in text and "!" not in text
+
+
+# ---- variants: presets and errors -----------------------------------------------------------------
+
+
+def test_presets_in_command_line_order(monkeypatch):
+    assert bench._config_has("train.amp") and not bench._config_has("train.no_such_key")
+    monkeypatch.setattr(bench, "_config_has", lambda key: False)
+    variants = resolve_variants([("preset", "basicsr"), ("variant", "mine:optim.lr=1e-3"), ("preset", "fast")])
+    assert [v.name for v in variants] == ["basicsr", "mine", "fast"]
+    assert variants[0].overrides == ["schedule.kind=fixed", "train.amp=none"]
+    assert variants[1].overrides == ["optim.lr=1e-3"]
+    assert "train.amp=bf16" in variants[2].overrides and "channels_last: not available in this build" in (
+        variants[2].description)
+    monkeypatch.setattr(bench, "_config_has", lambda key: True)
+    fast = resolve_variants([("preset", "all")])[-1]
+    assert fast.name == "fast" and "train.channels_last=true" in fast.overrides
+    assert "not available" not in fast.description
+    assert [v.name for v in resolve_variants(None)] == ["baseline", "multigrid"]
+    with pytest.raises(BenchError, match="unknown preset 'fastest'"):
+        resolve_variants([("preset", "fastest")])
+    with pytest.raises(BenchError, match="variant 'fast' is given twice"):
+        resolve_variants([("preset", "fast"), ("variant", "fast:optim.lr=1e-3")])
+
+
+def test_bad_override_is_one_line_error_before_any_training(tmp_path, capsys):
+    code = main(["bench", "--out", str(tmp_path / "b"), "--variant", "ok:", "--variant", "bad:schedule.kind=multigird"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mgvsr bench: error: variant bad: schedule.kind") and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
+# ---- a real (tiny) benchmark in subprocesses ------------------------------------------------------
+
+
+def _clips(root: Path, clips: int, frames: int, size: int = 64) -> Path:
+    rng = np.random.default_rng(len(str(root)))
+    for c in range(clips):
+        folder = root / f"clip{c}"
+        folder.mkdir(parents=True)
+        base = np.kron(rng.random((size // 4 + frames, size // 4 + frames, 3)), np.ones((4, 4, 1)))
+        for t in range(frames):
+            Image.fromarray((base[t : t + size, t : t + size] * 255).astype(np.uint8)).save(folder / f"{t:03d}.png")
+    return root
+
+
+def test_bench_records_cpu_use_and_reports_a_failed_run(tmp_path, capsys, monkeypatch):
+    """One real training process (a tiny BasicVSR, 2 steps on one thread) whose CPU record must be
+    sane, then a failing run: one line naming the run and its log, exit code 2, no traceback."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "basicvsr", "num_feat": 4, "num_block": 1, "head_feat": 4},
+        "data": {"train": {"kind": "frames", "root": str(_clips(tmp_path / "train", 2, 4))},
+                 "val": {"kind": "frames", "root": str(_clips(tmp_path / "val", 1, 3))}, "num_workers": 0},
+        "schedule": {"kind": "fixed", "total_iters": 2, "num_frames": 3, "patch_size": 16, "batch_size": 1},
+        "optim": {"fix_flow_iters": 0},
+        "train": {"val_every": 1, "save_every": 2, "tensorboard": False, "progress": False},
+    }))
+    out = tmp_path / "bench"
+    args = ["bench", "--config", str(config), "--out", str(out), "--threads", "1", "--variant", "tiny:"]
+    # The second variant's training process fails (a stand-in for a real failure such as a missing
+    # dataset, which would cost this test another torch start-up).
+    real_command = bench.train_command
+    crash = "import sys; print('Traceback (most recent call last):'); print('DataError: no such folder'); sys.exit(1)"
+    monkeypatch.setattr(bench, "train_command", lambda config, args: (
+        [sys.executable, "-c", crash] if "train.name=broken_seed0" in args else real_command(config, args)))
+    code = main([*args, "--variant", f"broken:data.train.root={tmp_path / 'missing'}"])
+    captured = capsys.readouterr()
+    log = out / "broken_seed0" / "train_output.log"
+    assert code == 2 and "Traceback" not in captured.err
+    assert captured.err.strip() == f"mgvsr bench: error: run broken (seed 0) failed with exit code 1; see {log}"
+    assert "DataError: no such folder" in log.read_text()  # the failed run's own output is kept for reading
+    assert "DataError: no such folder" in captured.out  # and was shown as it happened
+    assert "timing check:" in captured.out
+
+    segments = json.loads((out / "tiny_seed0" / "bench_cpu.json").read_text())["segments"]
+    assert len(segments) == 1 and segments[0]["exit_code"] == 0 and segments[0]["threads"] == 1
+    assert segments[0]["cpu_s"] > 0 and 0 < segments[0]["cpu_share"] <= 1.5
+    assert segments[0]["wall_s"] > 0 and segments[0]["load_max"] >= 0
+    assert segments[0]["other_share"] is None or 0 <= segments[0]["other_share"] <= 1
+    assert "=== " in (out / "tiny_seed0" / "train_output.log").read_text()
+
+    # the finished run is reused with its CPU records; the table names its timing verdict
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "reusing the finished run" in captured.out
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"]["tiny"][0]["cpu"]["segments"] == segments
+    assert saved["per_run"][0]["timing_check"]["status"] in ("ok", "disturbed")
+    assert saved["table"]["tiny"]["timing_check"] == saved["per_run"][0]["timing_check"]["status"]
+    assert main([*args, "--report", "--min-cpu-share", "0"]) == 0
+    assert json.loads((out / "results.json").read_text())["timing_thresholds"]["min_cpu_share"] == 0

@@ -100,15 +100,16 @@ def test_other_commands_report_errors_the_same_way(capsys, tmp_path):
 def test_the_project_errors_share_one_base():
     from mgvsr.config import ConfigError
     from mgvsr.data.io import DataError
-    from mgvsr.evaluate import EvalError
+    from mgvsr.evaluation.runner import InferenceError
+    from mgvsr.evaluation.scoring import EvalError
     from mgvsr.export import ExportError
-    from mgvsr.inference import InferenceError
     from mgvsr.models.weights import WeightsError
+    from mgvsr.runtime import DeviceError
     from mgvsr.train import NonFiniteError, ResumeError
     from mgvsr.upscale import UpscaleError
 
-    for cls in (ConfigError, DataError, EvalError, ExportError, InferenceError, WeightsError, CheckpointError,
-                NonFiniteError, ResumeError, UpscaleError):
+    for cls in (ConfigError, DataError, DeviceError, EvalError, ExportError, InferenceError, WeightsError,
+                CheckpointError, NonFiniteError, ResumeError, UpscaleError):
         assert issubclass(cls, MgvsrError), cls
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from mgvsr.config import DatasetConfig
 from mgvsr.data import build_dataset, check_shape, iter_clips
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo_data"

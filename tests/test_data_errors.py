@@ -8,7 +8,7 @@ import pytest
 
 from mgvsr.config import ConfigError, DatasetConfig, load_config
 from mgvsr.data import DataError, build_dataset, check_shape, iter_clips, make_batch
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 from mgvsr.data.io import write_png
 
 

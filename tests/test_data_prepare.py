@@ -12,7 +12,7 @@ from mgvsr.cli import main
 from mgvsr.config import DatasetConfig
 from mgvsr.data import DataError, build_dataset, iter_clips, make_batch
 from mgvsr.data import prepare as prep
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 from mgvsr.data.io import write_video
 
 
@@ -59,6 +59,9 @@ def test_every_and_stored_lr(videos, tmp_path):
     ds = _ds(out, split="all")
     assert ds.lr_segments is not None  # stored BI frames are used for a BI dataset
     assert _ds(out, split="all", degradation="BD").lr_segments is None
+    assert _ds(out, split="all", lr_source="on_the_fly").lr_segments is None
+    with pytest.raises(DataError, match=r"manifest.json \(stored LR: BI; `mgvsr prepare --lr BD` stores it\)"):
+        _ds(out, split="all", degradation="BD", lr_source="disk")
     # Stored (lossless) LR equals the on-the-fly whole-frame degradation; HR is the source frames.
     src = syn.smooth_clip(24, 72, 96, seed=40)
     for (name, lr, hr), c in zip(iter_clips(ds), ds.clips):

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from mgvsr.config import DatasetConfig
 from mgvsr.data import AugmentConfig, StepBatches, build_dataset, make_batch, write_cache
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 from mgvsr.data.build import build_source, cache_origin
 from mgvsr.data.sampling import _augment, draw_picks
 

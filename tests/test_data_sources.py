@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mgvsr.config import DatasetConfig
 from mgvsr.data import build_dataset, iter_clips, make_batch
-from mgvsr.data import synthetic as syn
+import synthetic as syn
 from mgvsr.data.degrade import degrade
-from mgvsr.data.io import read_video
+from mgvsr.data.io import DataError, read_video
 from mgvsr.data.sampling import AugmentConfig, draw_picks
 
 NO_AUG = AugmentConfig(flip=False, rot=False, reverse=False)
@@ -52,16 +53,47 @@ def test_reds_splits_and_stored_lr(tmp_path):
 
 def test_reds_official_partition(tmp_path):
     syn.write_reds(tmp_path, clips=("000", "239", "240", "246", "250"), num_frames=2, with_lr=False)
-    assert [c.name for c in _ds("reds", tmp_path, split="REDSofficial4").clips] == ["240", "246"]
-    assert [c.name for c in _ds("reds", tmp_path, split="REDSofficial").clips] == ["240", "246", "250"]
-    assert [c.name for c in _ds("reds", tmp_path, split="train_official").clips] == ["000", "239"]
+    names = {split: [c.name for c in _ds("reds", tmp_path, split=split, lr_source="on_the_fly").clips]
+             for split in ("REDSofficial4", "REDSofficial", "train_official")}
+    assert names == {"REDSofficial4": ["240", "246"], "REDSofficial": ["240", "246", "250"],
+                     "train_official": ["000", "239"]}
 
 
-def test_reds_without_lr_degrades_on_the_fly(tmp_path):
+def test_reds_without_lr_folder_is_an_error_unless_on_the_fly(tmp_path):
     syn.write_reds(tmp_path, clips=("001", "002"), num_frames=4, with_lr=False)
-    ds = _ds("reds", tmp_path)
-    assert ds.lr_files is None
+    with pytest.raises(DataError, match=r"train_sharp_bicubic/X4 \(REDS LR folder\): LR frames not found; "
+                                        r"set lr_source: on_the_fly"):
+        _ds("reds", tmp_path)
+    for lr_source in ("on_the_fly", "auto"):
+        ds = _ds("reds", tmp_path, lr_source=lr_source)
+        assert ds.lr_files is None
     _assert_on_the_fly_aligned(ds)
+
+
+def test_lr_source_choices_on_a_layout_with_lr(tmp_path):
+    syn.write_reds(tmp_path, clips=("001",), num_frames=4)
+    assert _ds("reds", tmp_path, lr_source="disk").lr_files is not None
+    assert _ds("reds", tmp_path, lr_source="auto").lr_files is not None
+    assert _ds("reds", tmp_path, lr_source="on_the_fly").lr_files is None  # stored LR ignored
+    # REDS ships bicubic LR only: BD from disk is an error, BD on the fly (or auto) degrades the HR.
+    with pytest.raises(DataError, match=r"REDS LR frames are bicubic \(BI\); set lr_source: on_the_fly"):
+        _ds("reds", tmp_path, degradation="BD")
+    assert _ds("reds", tmp_path, degradation="BD", lr_source="auto").lr_files is None
+
+
+def test_lr_source_on_layouts_without_stored_lr(tmp_path):
+    syn.write_vid4(tmp_path / "vid4", with_lr=False)
+    with pytest.raises(DataError, match=r"vid4/BIx4 \(Vid4 LR folder\): LR frames not found"):
+        _ds("vid4", tmp_path / "vid4")
+    assert _ds("vid4", tmp_path / "vid4", lr_source="on_the_fly").lr_files is None
+    syn.write_videos(tmp_path / "v", names=("v1",), num_frames=4)
+    assert _ds("video", tmp_path / "v").lr_segments is None  # videos degrade on the fly by default
+    with pytest.raises(DataError, match=r"kind 'video' stores no LR frames"):
+        _ds("video", tmp_path / "v", lr_source="disk")
+    syn.write_frames(tmp_path / "f")
+    assert _ds("frames", tmp_path / "f").lr_files is None  # auto: no lr/ sibling
+    with pytest.raises(DataError, match=r"lr \(LR frames folder\): LR frames not found"):
+        _ds("frames", tmp_path / "f", lr_source="disk")
 
 
 def test_vimeo_lists_and_lr_folder(tmp_path):
@@ -71,8 +103,10 @@ def test_vimeo_lists_and_lr_folder(tmp_path):
     assert all(c.num_frames == 7 for c in train.clips)
     assert [c.name for c in _ds("vimeo", tmp_path, split="test").clips] == ["00002/0001"]
     _assert_stored_lr_aligned(train)
-    # No BD folder -> made on the fly with BD.
-    bd = _ds("vimeo", tmp_path, degradation="BD")
+    # No BD folder: an error naming it, unless LR is made on the fly with BD.
+    with pytest.raises(DataError, match=r"sequences_BDx4 \(Vimeo-90K LR folder\): LR frames not found"):
+        _ds("vimeo", tmp_path, degradation="BD")
+    bd = _ds("vimeo", tmp_path, degradation="BD", lr_source="on_the_fly")
     assert bd.lr_files is None
     _assert_on_the_fly_aligned(bd, kind="BD")
 

@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mgvsr.data import build_dataset, iter_clips
 from mgvsr.config import DatasetConfig
-from mgvsr.evaluate import PROTOCOLS, bicubic_upscaler, evaluate, model_upscaler, write_results
+from mgvsr.data import build_dataset, iter_clips
+from mgvsr.evaluate import write_results
+from mgvsr.evaluation import PROTOCOLS, bicubic_upscaler, model_upscaler, score_clips
 
 C1 = (0.01 * 255) ** 2
 
@@ -71,7 +72,7 @@ def vid4_fixture(root: Path) -> dict[str, list[int]]:
 def test_vid4_protocol_matches_hand_computation(tmp_path):
     clips = vid4_fixture(tmp_path)
     ds = build_dataset(DatasetConfig(kind="vid4", root=str(tmp_path)))
-    result = evaluate(model_upscaler(ConstantModel(0.5)), iter_clips(ds), PROTOCOLS["vid4"])
+    result = score_clips(model_upscaler(ConstantModel(0.5)), iter_clips(ds), PROTOCOLS["vid4"])
     # 0.5 * 255 = 127.5 rounds (half to even) to 128.
     assert list(result.scores) == ["y"]
     per_clip = {c: np.mean([psnr_const(128, v, y=True) for v in vals]) for c, vals in clips.items()}
@@ -93,7 +94,7 @@ def test_reds4_protocol_is_rgb_all_frames(tmp_path):
     write_frames(tmp_path / "train_sharp" / "001", [5], (16, 16))  # not in REDS4: must be skipped
     write_frames(tmp_path / "train_sharp_bicubic" / "X4" / "001", [5], (4, 4))
     ds = build_dataset(DatasetConfig(kind="reds", root=str(tmp_path), split="REDS4"))
-    result = evaluate(model_upscaler(ConstantModel(0.2)), iter_clips(ds), PROTOCOLS["reds4"])
+    result = score_clips(model_upscaler(ConstantModel(0.2)), iter_clips(ds), PROTOCOLS["reds4"])
     pred = 51  # 0.2 * 255 = 51.0
     assert result.scores["rgb"].clips == ["000", "011", "015", "020"]
     expected = np.mean([np.mean([psnr_const(pred, v) for v in vals]) for vals in values.values()])
@@ -115,7 +116,7 @@ def test_vimeo_protocol_scores_centre_frame_with_flip(tmp_path):
     ds = build_dataset(DatasetConfig(kind="vimeo", root=str(tmp_path), split="test"))
     protocol = PROTOCOLS["vimeo-t"]
     assert protocol.center_frame and protocol.flip_seq and protocol.channels == ("y",)
-    result = evaluate(model_upscaler(ConstantModel(by_position=True), flip_seq=True), iter_clips(ds), protocol)
+    result = score_clips(model_upscaler(ConstantModel(by_position=True), flip_seq=True), iter_clips(ds), protocol)
     # 14-frame input [clip, reversed clip]: frame 3 is at positions 3 and 10 -> mean 0.65 -> 165.75 -> 166.
     means = result.scores["y"].clip_means()
     assert set(means) == {"00001/0001", "00002/0005"}
@@ -123,7 +124,7 @@ def test_vimeo_protocol_scores_centre_frame_with_flip(tmp_path):
         assert row["frames"] == 1
         assert row["psnr"] == pytest.approx(psnr_const(166, values[3], y=True), abs=1e-9)
     # Without flip the centre frame's output is 0.3 -> 76.5 -> 76 (half to even).
-    plain = evaluate(model_upscaler(ConstantModel(by_position=True)), iter_clips(ds), protocol)
+    plain = score_clips(model_upscaler(ConstantModel(by_position=True)), iter_clips(ds), protocol)
     assert plain.scores["y"].average()["psnr"] == pytest.approx(psnr_const(76, 40, y=True), abs=1e-9)
 
 
@@ -132,7 +133,7 @@ def test_generic_protocol_reports_rgb_and_y_and_saves_frames(tmp_path):
     write_frames(tmp_path / "data" / "lr" / "clipA", [100, 100], (4, 4))
     ds = build_dataset(DatasetConfig(kind="frames", root=str(tmp_path / "data")))
     out = tmp_path / "frames"
-    result = evaluate(model_upscaler(ConstantModel(0.6)), iter_clips(ds), PROTOCOLS["generic"], save_dir=out)
+    result = score_clips(model_upscaler(ConstantModel(0.6)), iter_clips(ds), PROTOCOLS["generic"], save_dir=out)
     assert list(result.scores) == ["rgb", "y"]
     assert result.scores["rgb"].average()["psnr"] == pytest.approx(psnr_const(153, 100), abs=1e-9)
     assert result.scores["y"].average()["psnr"] == pytest.approx(psnr_const(153, 100, y=True), abs=1e-9)
@@ -145,7 +146,7 @@ def test_generic_protocol_reports_rgb_and_y_and_saves_frames(tmp_path):
 def test_bicubic_baseline_on_constant_frames(tmp_path):
     vid4_fixture(tmp_path)
     ds = build_dataset(DatasetConfig(kind="vid4", root=str(tmp_path)))
-    result = evaluate(bicubic_upscaler(4), iter_clips(ds), PROTOCOLS["vid4"], method="bicubic")
+    result = score_clips(bicubic_upscaler(4), iter_clips(ds), PROTOCOLS["vid4"], method="bicubic")
     # Bicubic weights sum to one, so constant LR frames up-sample to the same constant: exact match.
     assert result.scores["y"].average()["psnr"] == float("inf")
     assert result.scores["y"].average()["ssim"] == pytest.approx(1.0)
@@ -155,7 +156,7 @@ def test_bicubic_upscaler_matches_pil_in_the_interior():
     # PIL's BICUBIC is the same Keys kernel (a = -0.5); only border handling differs.
     rng = np.random.default_rng(0)
     lr = rng.integers(0, 256, (1, 8, 10, 3), dtype=np.uint8)
-    ours = bicubic_upscaler(4)(lr)[0].astype(np.float64)
+    ours = bicubic_upscaler(4)(lr)[0].numpy().astype(np.float64)
     pil = np.stack(
         [np.asarray(Image.fromarray(lr[0, :, :, c].astype(np.float32), "F").resize((40, 32), Image.BICUBIC)) for c in range(3)],
         axis=-1,
@@ -211,7 +212,7 @@ def test_cli_eval_errors(tmp_path, capsys):
 def test_write_results_handles_identical_frames(tmp_path):
     vid4_fixture(tmp_path)
     ds = build_dataset(DatasetConfig(kind="vid4", root=str(tmp_path)))
-    result = evaluate(bicubic_upscaler(4), iter_clips(ds), PROTOCOLS["vid4"], method="bicubic")
+    result = score_clips(bicubic_upscaler(4), iter_clips(ds), PROTOCOLS["vid4"], method="bicubic")
     csv_path = write_results([result], tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["channels"]["y"]["average"]["psnr"] == "inf"
     assert "inf" in csv_path.read_text()
@@ -219,9 +220,36 @@ def test_write_results_handles_identical_frames(tmp_path):
 
 def test_infer_model_config_reads_the_head_width():
     from mgvsr.config import ModelConfig
-    from mgvsr.inference import infer_model_config
+    from mgvsr.models.loading import infer_model_config
     from mgvsr.models import build_model
 
     state = build_model(ModelConfig(num_feat=8, num_block=2, head_feat=12)).state_dict()
     cfg = infer_model_config(state)
     assert (cfg.name, cfg.num_feat, cfg.num_block, cfg.head_feat) == ("basicvsr", 8, 2, 12)
+
+
+class CentreFrameModel(nn.Module):
+    """A sliding-window stand-in: ``forward`` gives the window's centre frame only, ``forward_clip``
+    one output per input frame (frame t gets the value t / 10)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward_clip(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c, h, w = x.shape
+        return torch.arange(t, dtype=x.dtype).view(1, t, 1, 1, 1).expand(b, t, c, 4 * h, 4 * w) / 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_clip(x)[:, x.shape[1] // 2]
+
+
+def test_runner_calls_forward_clip_of_sliding_window_models():
+    from mgvsr.evaluation import InferenceOptions, run_clip
+
+    clip = torch.rand(5, 3, 6, 7)
+    for opts in (InferenceOptions(), InferenceOptions(chunk=2, chunk_overlap=1), InferenceOptions(tile=4, tile_overlap=1)):
+        out = run_clip(CentreFrameModel(), clip, opts)
+        assert out.shape == (5, 3, 24, 28)
+    whole = run_clip(CentreFrameModel(), clip)
+    assert torch.allclose(whole[:, 0, 0, 0], torch.arange(5, dtype=torch.float32) / 10)

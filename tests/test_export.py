@@ -12,15 +12,9 @@ import torch
 from mgvsr.cli import main
 from mgvsr.config import ModelConfig
 from mgvsr.export import export_weights
-from mgvsr.inference import (
-    METADATA_KEY,
-    InferenceError,
-    build_for_inference,
-    infer_model_config,
-    read_model_config_metadata,
-)
 from mgvsr.models import build_model
-from mgvsr.models.weights import load_weights
+from mgvsr.models.loading import METADATA_KEY, build_for_inference, infer_model_config, read_model_config_metadata
+from mgvsr.models.weights import WeightsError, load_weights
 
 TINY = ModelConfig(name="basicvsr", num_feat=4, num_block=2)
 
@@ -96,7 +90,7 @@ def test_infer_model_config_from_names_and_shapes():
     icon = build_model(ModelConfig(name="iconvsr", num_feat=8, num_block=1, temporal_padding=3)).state_dict()
     cfg = infer_model_config(icon)
     assert (cfg.name, cfg.num_feat, cfg.num_block, cfg.temporal_padding) == ("iconvsr", 8, 1, 3)
-    with pytest.raises(InferenceError, match="cannot tell the model"):
+    with pytest.raises(WeightsError, match="cannot tell the model"):
         infer_model_config({"conv.weight": torch.zeros(1)})
 
 

@@ -1,4 +1,4 @@
-"""Chunked / tiled inference (mgvsr.inference) and ``mgvsr upscale`` on a real short clip."""
+"""Chunked / tiled inference (mgvsr.evaluation.runner) and ``mgvsr upscale`` on a real short clip."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from mgvsr.inference import InferenceOptions, frames_to_tensor, plan_spans, run_clip, stream_frames
+from conftest import needs_shared_data, shared_data
+from mgvsr.evaluation.runner import InferenceOptions, frames_to_tensor, plan_spans, run_clip, stream_frames
 from mgvsr.metrics import tensor_to_uint8
 from mgvsr.upscale import UpscaleError, upscale
 
-BBB = Path("/work/shared/data/big_buck_bunny_720p.mp4")  # Big Buck Bunny, (c) Blender Foundation, CC-BY 3.0
+# Big Buck Bunny, (c) Blender Foundation, CC-BY 3.0; found in ../shared/data relative to the checkout.
+BBB = shared_data("big_buck_bunny_720p.mp4")
 
 
 class PerFrameSR(nn.Module):
@@ -170,7 +172,7 @@ def probe(path: Path) -> dict:
     return info
 
 
-needs_bbb = pytest.mark.skipif(not BBB.is_file(), reason=f"{BBB} not present")
+needs_bbb = needs_shared_data("big_buck_bunny_720p.mp4")
 
 
 @pytest.fixture(scope="module")

@@ -53,11 +53,21 @@ class DatasetConfig:
 
     kind: Literal["reds", "vimeo", "vid4", "frames", "video", "prepared"] = "prepared"
     root: str = ""
-    # Layout-specific split: reds: "train" (all but REDS4) | "REDS4" | "all";
-    # vimeo: "train" | "test"; others: ignored unless the layout has one.
+    # Layout-specific split: reds: "train" (all but REDS4) | "REDS4" | "all" | BasicSR's official
+    # partition (docs/data.md); vimeo: "train" | "test" (| "all" from LMDB); others: ignored unless the layout has one.
     split: str = "train"
-    # How LR frames are obtained: read from disk if the layout has them, else made on the fly.
+    # The LR degradation: BI (bicubic) or BD (blur + subsample); selects the stored LR folder/LMDB.
     degradation: Literal["BI", "BD"] = "BI"
+    # Where LR frames come from: "disk" (stored LR; missing LR is an error naming the expected folder),
+    # "on_the_fly" (degrade the HR frames), "auto" (stored when present, else on the fly).
+    # null = the layout's default: disk for reds/vimeo/vid4 (they ship LR), auto for frames/prepared,
+    # on_the_fly for video.
+    lr_source: Optional[Literal["disk", "on_the_fly", "auto"]] = None
+    # kind reds|vimeo from BasicSR's LMDB folders (scripts/data_preparation/create_lmdb.py) instead of
+    # image folders: the GT and LQ ``*.lmdb`` folders, relative to ``root`` unless absolute, e.g. REDS
+    # train_sharp_with_val.lmdb + train_sharp_bicubic_with_val.lmdb. Setting gt_lmdb selects LMDB reading.
+    gt_lmdb: Optional[str] = None
+    lq_lmdb: Optional[str] = None
     # Optional subset of clip names.
     clips: Optional[list[str]] = None
     # Optional path to a packed uint8 cache (built by `mgvsr prepare --cache`).

@@ -13,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from mgvsr.inference import resolve_device
+from mgvsr.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,22 @@ def all_reduce_loss_and_stop(loss: torch.Tensor, stop: bool) -> tuple[float, boo
     packed = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     return float(packed[0] / dist.get_world_size()), bool(packed[1] > 0)
+
+
+def group_rank_and_size() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised process group; ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_objects(value: object) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` without a group."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier() -> None:

@@ -1,6 +1,6 @@
 """``mgvsr export``: convert weights between our ``.safetensors`` and the BasicSR ``.pth`` layout.
 
-Inputs (see :func:`mgvsr.inference.read_weights`): our ``.safetensors`` (model config in the
+Inputs (see :func:`mgvsr.models.loading.read_weights`): our ``.safetensors`` (model config in the
 metadata), training checkpoints (``{"model", "ema", "config", "step", ...}``) and BasicSR / MMagic
 ``.pth`` files (MMagic names are mapped to BasicSR's on reading).
 
@@ -26,14 +26,8 @@ from pathlib import Path
 from typing import Optional
 
 from mgvsr.errors import MgvsrError
-from mgvsr.inference import (
-    METADATA_KEY,
-    InferenceError,
-    infer_model_config,
-    model_config_from_dict,
-    read_weights,
-)
-from mgvsr.models.weights import strip_wrapper_prefixes
+from mgvsr.models.loading import METADATA_KEY, build_model, model_config_for, read_weights
+from mgvsr.models.weights import check_state, export_basicsr, save_safetensors, strip_wrapper_prefixes
 
 FORMATS = ("basicsr", "safetensors")
 
@@ -56,9 +50,6 @@ def export_weights(
     ``use_ema`` picks the EMA weights for the single set a ``.safetensors`` file holds. The model
     options override the config found in (or inferred from) ``src``.
     """
-    from mgvsr.models import build_model
-    from mgvsr.models.weights import check_state, export_basicsr, save_safetensors
-
     if to not in FORMATS:
         raise ExportError(f"--to: {to!r} is not a format; choose one of {list(FORMATS)}")
     src, dst = Path(src), Path(dst)
@@ -68,12 +59,9 @@ def export_weights(
         raise ExportError(f"{dst}: parent {dst.parent} is not a folder")
 
     info = read_weights(src)
+    cfg = model_config_for(info, name, num_feat, num_block)
     state = strip_wrapper_prefixes(info.state)
     ema = strip_wrapper_prefixes(info.ema) if info.ema is not None else None
-    cfg = info.model_cfg or infer_model_config(ema or state, where=str(src))
-    overrides = {k: v for k, v in (("name", name), ("num_feat", num_feat), ("num_block", num_block)) if v is not None}
-    if overrides:
-        cfg = model_config_from_dict({**dataclasses.asdict(cfg), **overrides})
 
     # Load every set we write into the model it claims to be (raises a clear WeightsError if not).
     model = build_model(cfg)
@@ -110,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         out = export_weights(
             args.weights, args.out, args.to, not args.no_ema, args.model, args.num_feat, args.num_block
         )
-    except (ExportError, InferenceError, WeightsError, ConfigError, OSError) as err:
+    except (ExportError, WeightsError, ConfigError, OSError) as err:
         print(f"mgvsr export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({args.to})")

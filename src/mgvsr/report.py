@@ -1,4 +1,8 @@
-"""End-of-run report: validation vs bicubic, PSNR-vs-time plot, side-by-side image."""
+"""End-of-run report: validation vs bicubic, PSNR-vs-time plot, side-by-side image.
+
+Scoring goes through the evaluation layer (:mod:`mgvsr.evaluation`), so under a process group
+every rank scores its share of the validation clips; only the writing rank draws and saves.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from PIL import Image, ImageDraw
 
 from mgvsr.config import Config
 from mgvsr.data import iter_clips
-from mgvsr.evaluate import bicubic_upscaler
+from mgvsr.data.io import write_png
+from mgvsr.evaluation import PROTOCOLS, InferenceOptions, bicubic_upscaler, model_upscaler, score_dataset, score_model
+from mgvsr.runtime import model_device
 from mgvsr.tracking import plot_psnr_vs_time, read_val_log, write_json
-from mgvsr.validation import evaluate_clips, super_resolve_clip
 
 
 def side_by_side(panels: list[tuple[str, np.ndarray]], out_path: Path) -> Path:
@@ -27,18 +32,28 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], out_path: Path) -> Path:
         canvas.paste(Image.fromarray(panel), (x, caption))
         draw.text((x + 4, 2), label, fill="black")
         x += panel.shape[1] + 4
-    canvas.save(out_path)
+    write_png(Path(out_path), np.asarray(canvas))
     return Path(out_path)
 
 
-def final_report(model: torch.nn.Module, val_set, cfg: Config, run_dir: Path, ours: dict | None = None) -> dict:
-    """Score the final model (unless ``ours`` already holds its validation) and bicubic; write the
-    plot and the side-by-side image; return the summary fields."""
+def final_report(
+    model: torch.nn.Module, val_set, cfg: Config, run_dir: Path, ours: dict | None = None, write: bool = True
+) -> dict:
+    """Score the final model (unless ``ours`` already holds its validation) and bicubic; with
+    ``write``, write ``val_metrics.json``, the plot and the side-by-side image and return the
+    summary fields (an empty dict without ``write``).
+
+    A collective under a process group: every rank calls it, each scoring its share of the clips;
+    pass ``write`` on the rank that writes (rank 0).
+    """
     model.eval()
     max_frames = cfg.data.val.max_frames if cfg.data.val is not None else 0
     if ours is None:
-        ours = evaluate_clips(lambda lr: super_resolve_clip(model, lr, cfg.train.amp), val_set, max_frames)
-    bicubic = evaluate_clips(bicubic_upscaler(4), val_set, max_frames)
+        ours = score_model(model, val_set, max_frames, cfg.train.amp)
+    bicubic_up = bicubic_upscaler(4, model_device(model))  # scored on the model's device too
+    bicubic = score_dataset(bicubic_up, val_set, PROTOCOLS["generic"], max_frames, "bicubic").flat_scores()
+    if not write:
+        return {}
     write_json(run_dir / "val_metrics.json", {"mgvsr": ours, "bicubic": bicubic})
 
     plot = plot_psnr_vs_time(
@@ -50,8 +65,8 @@ def final_report(model: torch.nn.Module, val_set, cfg: Config, run_dir: Path, ou
     # Side by side on the middle frame of the first validation clip.
     name, lr, hr = next(iter(iter_clips(val_set, max_frames=max_frames)))
     t = len(lr) // 2
-    sr = super_resolve_clip(model, lr, cfg.train.amp)[t]
-    bic = bicubic_upscaler(4)(lr[t : t + 1])[0]
+    sr = model_upscaler(model, InferenceOptions(amp=cfg.train.amp))(lr)[t].cpu().numpy()
+    bic = bicubic_upscaler(4)(lr[t : t + 1])[0].numpy()
     image = side_by_side([("bicubic", bic), ("mgvsr", sr), ("ground truth", hr[t])], run_dir / "side_by_side.png")
 
     avg, bic_avg = ours["average"], bicubic["average"]

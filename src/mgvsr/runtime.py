@@ -1,16 +1,85 @@
-"""Process-level performance settings that are not model code.
+"""Process- and device-level settings that are not model code: the one leaf module for them.
 
-glibc returns freed blocks above ~32 MB to the OS at once and maps them again on the next step; the
-activations of a VSR training step are exactly such blocks. Measured on a 2-core CPU (see
-docs/performance.md) keeping them in the heap made training steps markedly faster. ``tune_allocator``
-does this with ``mallopt`` at run time; it is a no-op off glibc or on failure.
+* :func:`resolve_device` turns a device name (``auto``, ``cpu``, ``cuda:1``, ...) into a checked
+  ``torch.device``; :func:`model_device` tells where a model lives.
+* :func:`autocast_context` is bf16 / fp16 autocast where the device supports it (``none`` = no-op).
+* :func:`tune_allocator`: glibc returns freed blocks above ~32 MB to the OS at once and maps them
+  again on the next step; the activations of a VSR training step are exactly such blocks. Measured
+  on a 2-core CPU (see docs/performance.md) keeping them in the heap made training steps markedly
+  faster. It does this with ``mallopt`` at run time; a no-op off glibc or on failure.
+
+This module imports nothing from mgvsr, so every other module (training, evaluation, distributed
+set-up, the models' loader) may import it without creating an import cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+
+import torch
+from torch import nn
+
+from mgvsr.errors import MgvsrError
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+
+
+class DeviceError(MgvsrError, ValueError):
+    """A device or autocast setting this machine cannot honour; the message names the setting."""
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> this process's CUDA device if available, else MPS, else CPU; other names are checked.
+
+    ``local_rank`` picks the GPU of a torchrun process for ``auto`` and for a bare ``cuda``.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise DeviceError(f"device: {name!r} is not a device name ({err})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device: {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Autocast to bf16 / fp16 (``amp``) where the device type supports it; ``none`` = a no-op."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp not in AMP_CHOICES:
+        raise DeviceError(f"amp: {amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"amp: bf16 is not supported on {device}")
+    if device.type not in ("cuda", "cpu", "mps", "xpu"):
+        raise DeviceError(f"amp: autocast is not available for device type {device.type!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-free module)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# Allocator
+# --------------------------------------------------------------------------------------------------
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4

@@ -37,16 +37,15 @@ from mgvsr.config import Config, load_config, save_config, to_dict
 from mgvsr.data import AugmentConfig, StepBatches, build_dataset, check_shape
 from mgvsr.distributed import DistInfo, all_reduce_loss_and_stop, barrier, cleanup, init_distributed
 from mgvsr.errors import MgvsrError
-from mgvsr.inference import autocast_context
+from mgvsr.evaluation import score_model
 from mgvsr.losses import pixel_loss
 from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
 from mgvsr.optim import EMA, flow_frozen, make_optimizer, set_flow_trainable, set_lr
 from mgvsr.report import final_report
-from mgvsr.runtime import tune_allocator
+from mgvsr.runtime import autocast_context, tune_allocator
 from mgvsr.schedule import ShapeFn, phases, spec_at
 from mgvsr.tracking import Tracker, write_json
-from mgvsr.validation import validate
 
 
 class NonFiniteError(MgvsrError, RuntimeError):
@@ -276,10 +275,10 @@ def train(cfg: Config) -> dict:
             if val_set is not None and cfg.train.val_every and (
                 progress.step % cfg.train.val_every == 0 or progress.step == total
             ):
-                run_validation(learner, val_set, cfg, dist, tracker, progress)
+                run_validation(learner, val_set, cfg, tracker, progress)
 
     tracker.close()
-    summary = finish_run(cfg, learner, progress, run_dir, val_set, dist.world_size) if dist.is_main else {}
+    summary = finish_run(cfg, learner, progress, run_dir, val_set, dist)
     barrier()
     cleanup()
     return summary
@@ -484,15 +483,13 @@ def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config,
     return StepResult(loss_value, grad_norm, finite, stop_agreed, time.perf_counter() - t_start, data_wait)
 
 
-def run_validation(learner: Learner, val_set, cfg: Config, dist: DistInfo, tracker: Tracker,
-                   progress: Progress) -> None:
-    """Score the published weights on the validation set, log them and keep them for the report."""
-    if dist.is_main:
-        metrics = validate(learner.eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
-        progress.last_val = (progress.step, metrics)
-        tracker.log_val({"step": progress.step, "wall_time": round(progress.train_time, 4), **metrics["average"]})
-        learner.model.train()
-    barrier()
+def run_validation(learner: Learner, val_set, cfg: Config, tracker: Tracker, progress: Progress) -> None:
+    """Score the published weights on the validation set (every rank scores its share of the clips),
+    log them (rank 0's tracker writes) and keep them for the report."""
+    metrics = score_model(learner.eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
+    progress.last_val = (progress.step, metrics)
+    tracker.log_val({"step": progress.step, "wall_time": round(progress.train_time, 4), **metrics["average"]})
+    learner.model.train()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,31 +518,39 @@ def stop_non_finite(progress: Progress, ckpt: Checkpointer, dist: DistInfo) -> N
     )
 
 
-def finish_run(cfg: Config, learner: Learner, progress: Progress, run_dir: Path, val_set, world: int) -> dict:
-    """Rank 0's end-of-run work: final weights (+ EMA), the report against bicubic, ``summary.json``."""
-    weights_dir = run_dir / "weights"
-    weights_dir.mkdir(exist_ok=True)
+def finish_run(cfg: Config, learner: Learner, progress: Progress, run_dir: Path, val_set, dist: DistInfo) -> dict:
+    """End-of-run work: rank 0 writes the final weights (+ EMA); every rank scores its share of the
+    validation clips for the report against bicubic, which rank 0 writes with ``summary.json``.
+    Returns the summary on rank 0, ``{}`` on the other ranks."""
     total = cfg.schedule.total_iters
-    meta = {"mgvsr_version": __version__, "step": str(total), "mgvsr_model_config": json.dumps(to_dict(cfg.model))}
-    save_safetensors(learner.model, weights_dir / "model.safetensors", metadata=meta)
-    if learner.ema is not None:
-        save_safetensors(learner.ema.model, weights_dir / "model_ema.safetensors", metadata=meta)
-    summary = {
-        "run_dir": str(run_dir),
-        "steps": total,
-        "train_time_s": round(progress.train_time, 3),
-        "data_wait_s": round(progress.data_time, 3),
-        "data_wait_share": progress.data_time / progress.train_time if progress.train_time > 0 else 0.0,
-        "skipped_steps": progress.skipped,
-        "final_loss": progress.last_loss,
-        "world_size": world,
-        "global_batch_full_shape": cfg.schedule.batch_size * world * cfg.optim.accum_steps,
-        "weights": str(weights_dir / ("model_ema.safetensors" if learner.ema is not None else "model.safetensors")),
-    }
+    summary = {}
+    if dist.is_main:
+        weights_dir = run_dir / "weights"
+        weights_dir.mkdir(exist_ok=True)
+        meta = {"mgvsr_version": __version__, "step": str(total), "mgvsr_model_config": json.dumps(to_dict(cfg.model))}
+        save_safetensors(learner.model, weights_dir / "model.safetensors", metadata=meta)
+        if learner.ema is not None:
+            save_safetensors(learner.ema.model, weights_dir / "model_ema.safetensors", metadata=meta)
+        world = dist.world_size
+        summary = {
+            "run_dir": str(run_dir),
+            "steps": total,
+            "train_time_s": round(progress.train_time, 3),
+            "data_wait_s": round(progress.data_time, 3),
+            "data_wait_share": progress.data_time / progress.train_time if progress.train_time > 0 else 0.0,
+            "skipped_steps": progress.skipped,
+            "final_loss": progress.last_loss,
+            "world_size": world,
+            "global_batch_full_shape": cfg.schedule.batch_size * world * cfg.optim.accum_steps,
+            "weights": str(weights_dir / ("model_ema.safetensors" if learner.ema is not None else "model.safetensors")),
+        }
+    report = {}
     if val_set is not None:
         final_val = progress.last_val[1] if progress.last_val is not None and progress.last_val[0] == total else None
-        summary.update(final_report(learner.eval_model, val_set, cfg, run_dir, final_val))
-    write_json(run_dir / "summary.json", summary)
+        report = final_report(learner.eval_model, val_set, cfg, run_dir, final_val, write=dist.is_main)
+    if dist.is_main:
+        summary.update(report)
+        write_json(run_dir / "summary.json", summary)
     return summary
 
 

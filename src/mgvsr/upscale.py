@@ -7,7 +7,7 @@
 * Audio: the input's first audio stream is copied packet by packet when the output container accepts
   its codec, otherwise re-encoded to AAC.
 * Streaming: frames are decoded, super-resolved and written in chunks of ``--chunk`` frames (each
-  chunk reads ``--chunk-overlap`` context frames on both sides, see :mod:`mgvsr.inference`), so a
+  chunk reads ``--chunk-overlap`` context frames on both sides, see :mod:`mgvsr.evaluation.runner`), so a
   long video never has to fit in memory. ``--chunk 0`` reads the whole input first (exact).
 * Safety: everything is written under a temporary name in the output's folder and renamed to the
   final name only when complete; on any failure the temporary file/folder is removed.
@@ -28,10 +28,10 @@ from typing import Iterator, Optional
 import numpy as np
 from torch import nn
 
-from mgvsr.data.io import IMAGE_EXTS, natural_key
+from mgvsr.data.io import IMAGE_EXTS, DataError, VideoEncoder, iter_video_frames, natural_key, read_image, write_png
 from mgvsr.data.io import VIDEO_EXTS as READABLE_VIDEO_EXTS
 from mgvsr.errors import MgvsrError
-from mgvsr.inference import InferenceError, InferenceOptions, add_model_arguments, stream_frames
+from mgvsr.evaluation.runner import InferenceError, InferenceOptions, add_model_arguments, stream_frames
 
 # Containers we write H.264 into; other video extensions (e.g. .webm) are refused as output.
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".m4v")
@@ -97,31 +97,20 @@ def open_source(path: str | Path, fps: Optional[Fraction] = None) -> Source:
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
-    import av
-
-    container = av.open(str(path))
+    """The input video's frames (:func:`mgvsr.data.io.iter_video_frames`), errors as UpscaleError."""
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as err:
-            raise UpscaleError(f"{path}: cannot decode the video stream ({stream.codec_context.name}): {err}") from None
-    finally:
-        container.close()
+        yield from iter_video_frames(path)
+    except DataError as err:
+        raise UpscaleError(str(err)) from None
 
 
 def _folder_frames(files: list[Path]) -> Iterator[np.ndarray]:
-    from PIL import Image
-
     size = None
     for path in files:
         try:
-            with Image.open(path) as img:
-                frame = np.asarray(img.convert("RGB"))
-        except Exception as err:
-            raise UpscaleError(f"{path}: cannot read image ({err})") from None
+            frame = read_image(path)
+        except DataError as err:
+            raise UpscaleError(str(err)) from None
         if size is None:
             size = frame.shape
         elif frame.shape != size:
@@ -153,9 +142,7 @@ class FolderWriter:
         self.count = 0
 
     def write(self, frame: np.ndarray) -> None:
-        from PIL import Image
-
-        Image.fromarray(frame).save(self.tmp / f"{self.count:08d}.png")
+        write_png(self.tmp / f"{self.count:08d}.png", frame)
         self.count += 1
 
     def commit(self) -> None:
@@ -166,7 +153,8 @@ class FolderWriter:
 
 
 class VideoWriter:
-    """H.264 / yuv420p video with the input's audio (copied, or re-encoded to AAC)."""
+    """H.264 / yuv420p video (:class:`mgvsr.data.io.VideoEncoder`) with the input's audio (copied,
+    or re-encoded to AAC), written under a temporary name and renamed by :meth:`commit`."""
 
     def __init__(self, final: Path, fps: Fraction, crf: int, audio_from: Optional[Path]):
         import av
@@ -174,66 +162,52 @@ class VideoWriter:
         self.final = final
         self.tmp = _temp_name(final)
         self.fps = fps
-        self.crf = crf
-        self.video = None
-        self.count = 0
         self.audio = None
         try:
-            self.out = av.open(str(self.tmp), mode="w")
-        except Exception as err:
+            self.encoder = VideoEncoder(self.tmp, fps, "libx264", "yuv420p", {"crf": str(crf)})
+        except DataError as err:
             raise UpscaleError(f"{final}: cannot create the output video ({err})") from None
         self.audio_from = audio_from
         if audio_from is not None:  # probe now so that `audio_mode` is known before the first frame
-            import av
-
             with av.open(str(audio_from)) as probe:
                 codec = probe.streams.audio[0].codec_context.name
-            self.audio_mode = "copied" if codec in getattr(self.out, "supported_codecs", set()) else "aac"
+            supported = getattr(self.encoder.container, "supported_codecs", set())
+            self.audio_mode = "copied" if codec in supported else "aac"
         else:
             self.audio_mode = "none"
 
+    @property
+    def count(self) -> int:
+        return self.encoder.count
+
     def _open_video(self, h: int, w: int) -> None:
         try:
-            self.video = self.out.add_stream("libx264", rate=self.fps)
-        except Exception as err:
-            raise UpscaleError(f"{self.final}: H.264 encoder libx264 is not available in this PyAV build ({err})") from None
-        self.video.width, self.video.height = w, h
-        self.video.pix_fmt = "yuv420p"
-        self.video.options = {"crf": str(self.crf)}
+            self.encoder.open_stream(h, w)
+        except DataError as err:
+            raise UpscaleError(f"{self.final}: H.264 encoder libx264 is not available ({err})") from None
         if self.audio_from is not None:  # after the video stream, so that video is stream 0
-            self.audio = _AudioCopier(self.out, self.audio_from)
+            self.audio = _AudioCopier(self.encoder.container, self.audio_from)
 
     def write(self, frame: np.ndarray) -> None:
-        import av
-
         h, w = frame.shape[:2]
         frame = frame[: h - h % 2, : w - w % 2]  # yuv420p needs even dimensions
-        if self.video is None:
+        if self.encoder.stream is None:
             self._open_video(*frame.shape[:2])
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        vf.pts = self.count
-        vf.time_base = 1 / self.fps
-        for packet in self.video.encode(vf):
-            self.out.mux(packet)
-        self.count += 1
+        self.encoder.write(frame)
         if self.audio is not None:
             self.audio.copy_until(self.count / self.fps)
 
     def commit(self) -> None:
-        if self.video is None:
+        if self.encoder.stream is None:
             raise UpscaleError(f"{self.final}: no frames were written")
-        for packet in self.video.encode():
-            self.out.mux(packet)
+        self.encoder.flush()
         if self.audio is not None:
             self.audio.copy_until(None)
-        self.out.close()
+        self.encoder.container.close()
         os.replace(self.tmp, self.final)
 
     def abort(self) -> None:
-        try:
-            self.out.close()
-        except Exception:
-            pass
+        self.encoder.abort()
         if self.audio is not None:
             self.audio.close()
         if self.tmp.exists():
@@ -392,8 +366,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgvsr.inference import build_for_inference, resolve_device
+    from mgvsr.models.loading import build_for_inference
     from mgvsr.models.weights import WeightsError
+    from mgvsr.runtime import DeviceError, resolve_device
 
     try:
         opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp)
@@ -403,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
         _check_output(Path(args.output), args.overwrite)
         model, cfg = build_for_inference(args.weights, resolve_device(args.device), args.model, args.num_feat, args.num_block)
         report = upscale(args.input, args.output, model, opts, args.crf, args.fps, args.overwrite, not args.no_progress)
-    except (UpscaleError, InferenceError, WeightsError) as err:
+    except (UpscaleError, InferenceError, WeightsError, DeviceError) as err:
         print(f"mgvsr upscale: error: {err}", file=sys.stderr)
         return 2
     rate = report.frames / report.seconds if report.seconds > 0 else float("nan")

@@ -249,3 +249,15 @@ def degrade(x: Frames, kind: Literal["BI", "BD"] = "BI", scale: int = 4) -> Fram
     if kind == "BD":
         return blur_downsample(x, scale=scale)
     raise ValueError(f"degrade: unknown degradation {kind!r} (choose 'BI' or 'BD')")
+
+
+def degrade_frames(hr: np.ndarray, kind: str, scale: int) -> np.ndarray:
+    """``uint8 (T, H, W, 3)`` -> ``uint8 (T, H/scale, W/scale, 3)`` with the BI/BD degradation.
+
+    The float result of :func:`degrade` is rounded half up and clipped to 8 bits, as MATLAB's
+    ``im2uint8`` does, so stored and on-the-fly LR frames are the same numbers.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(0, 3, 1, 2).float().div_(255.0)
+    y = degrade(x, kind=kind, scale=scale)
+    y = y.mul(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # MATLAB rounding
+    return y.permute(0, 2, 3, 1).contiguous().numpy()

@@ -2,14 +2,22 @@
 
 Conventions: a frame is a ``uint8`` numpy array of shape ``(H, W, 3)`` in RGB order; a stack of
 frames is ``(T, H, W, 3)``. Every failure raises :class:`DataError` naming the file and the problem.
+
+The one place for each format: :func:`write_png` writes every PNG mgvsr writes (datasets, saved
+evaluation frames, ``upscale`` output, report images); :func:`iter_video_frames` is the video
+decoder (datasets, ``prepare``, ``upscale``) and :class:`VideoEncoder` the encoder (``prepare``,
+test fixtures via :func:`write_video`, ``upscale``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import warnings
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -97,6 +105,9 @@ def read_images(paths: Sequence[Path]) -> np.ndarray:
 
 
 def write_png(path: Path, frame: np.ndarray) -> None:
+    """Write a uint8 ``(H, W, 3)`` (or ``(H, W)``) frame as PNG, creating the folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(frame)).save(path, compress_level=4)
 
 
@@ -140,26 +151,43 @@ def video_info(path: Path) -> tuple[int, int, int]:
     return count, h, w
 
 
-def read_video(path: Path, start: int = 0, count: Optional[int] = None) -> np.ndarray:
-    """Decode frames ``start .. start+count-1`` (all when ``count`` is None) to ``uint8 (T, H, W, 3)``."""
+def iter_video_frames(path: Path, start: int = 0) -> Iterator[np.ndarray]:
+    """Decode a video lazily: ``uint8 (H, W, 3)`` RGB frames from frame ``start`` on.
+
+    Decoding errors raise :class:`DataError` naming the file. When the whole stream has been read
+    and it gave fewer frames than the container declares, a warning names the file (a truncated
+    download or a damaged file often still decodes up to the damage).
+    """
     container = open_video(path)
-    frames: list[np.ndarray] = []
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        declared = int(stream.frames or 0)  # 0 when the container does not say
+        frames = container.decode(stream)
         index = 0
-        for frame in container.decode(stream):
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except Exception as err:  # PyAV raises several FFmpeg error types
+                raise DataError(f"{path}: corrupt or truncated video ({err})") from None
             if index >= start:
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if count is not None and len(frames) == count:
-                    break
+                yield frame.to_ndarray(format="rgb24")
             index += 1
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"{path}: corrupt or truncated video ({err})") from None
+        if declared and index < declared:
+            warnings.warn(
+                f"{path}: decoded {index} frames but the container declares {declared}; "
+                "the file may be truncated or damaged",
+                stacklevel=2,
+            )
     finally:
         container.close()
+
+
+def read_video(path: Path, start: int = 0, count: Optional[int] = None) -> np.ndarray:
+    """Decode frames ``start .. start+count-1`` (all when ``count`` is None) to ``uint8 (T, H, W, 3)``."""
+    frames = list(itertools.islice(iter_video_frames(path, start), count))
     if count is not None and len(frames) < count:
         raise DataError(
             f"{path}: truncated video: expected frames {start}..{start + count - 1}, decoded {len(frames)}"
@@ -169,33 +197,89 @@ def read_video(path: Path, start: int = 0, count: Optional[int] = None) -> np.nd
     return np.stack(frames)
 
 
+def encoder_settings(codec: str, crf: int) -> tuple[str, dict]:
+    """``(pix_fmt, options)`` of the dataset clips: ``libx264`` 4:4:4 at ``crf`` (preset slow),
+    ``ffv1`` lossless RGB, anything else 4:2:0 with the codec's defaults."""
+    if codec == "libx264":
+        return "yuv444p", {"crf": str(crf), "preset": "slow"}
+    if codec == "ffv1":
+        return "bgr0", {}
+    return "yuv420p", {}
+
+
+class VideoEncoder:
+    """Encode ``uint8 (H, W, 3)`` RGB frames one at a time into ``path`` at a constant ``fps``.
+
+    The video stream is created at the first frame (its size); :attr:`container` is open for other
+    streams (``upscale`` copies the input's audio into it). Call :meth:`close` to flush and finish
+    the file; :meth:`abort` closes it without flushing (the caller removes the file).
+    """
+
+    def __init__(self, path: Path, fps: Union[int, Fraction] = 24, codec: str = "libx264",
+                 pix_fmt: str = "yuv420p", options: Optional[dict] = None):
+        import av
+
+        self.path = Path(path)
+        self.fps = Fraction(fps)
+        self.codec, self.pix_fmt, self.options = codec, pix_fmt, dict(options or {})
+        self.stream = None
+        self.count = 0
+        try:
+            self.container = av.open(str(self.path), mode="w")
+        except Exception as err:
+            raise DataError(f"{self.path}: cannot create the video file ({err})") from None
+
+    def open_stream(self, height: int, width: int) -> None:
+        """Create the video stream (done by the first :meth:`write` when not called before)."""
+        try:
+            self.stream = self.container.add_stream(self.codec, rate=self.fps)
+        except Exception as err:
+            raise DataError(f"{self.path}: video encoder {self.codec} is not available in this PyAV build ({err})") from None
+        self.stream.height, self.stream.width = height, width
+        self.stream.pix_fmt = self.pix_fmt
+        if self.options:
+            self.stream.options = self.options
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if self.stream is None:
+            self.open_stream(*frame.shape[:2])
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self.count
+        vf.time_base = 1 / self.fps
+        for packet in self.stream.encode(vf):
+            self.container.mux(packet)
+        self.count += 1
+
+    def flush(self) -> None:
+        """Write the frames the encoder still buffers (before other streams are finished)."""
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+
+    def close(self) -> None:
+        self.flush()
+        self.container.close()
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:
+            pass
+
+
 def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 24, codec: str = "libx264", crf: int = 10) -> None:
     """Encode ``uint8 (H, W, 3)`` frames. ``libx264`` uses 4:4:4 chroma and the given CRF; ``ffv1`` is lossless."""
-    import av
-
-    path = Path(path)
-    container = av.open(str(path), mode="w")
+    pix_fmt, options = encoder_settings(codec, crf)
+    encoder = VideoEncoder(path, fps, codec, pix_fmt, options)
     try:
-        stream = None
         for frame in frames:
-            if stream is None:
-                stream = container.add_stream(codec, rate=fps)
-                stream.height, stream.width = frame.shape[:2]
-                if codec == "libx264":
-                    stream.pix_fmt = "yuv444p"
-                    stream.options = {"crf": str(crf), "preset": "slow"}
-                elif codec == "ffv1":
-                    stream.pix_fmt = "bgr0"
-                else:
-                    stream.pix_fmt = "yuv420p"
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            for packet in stream.encode(vf):
-                container.mux(packet)
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
-    finally:
-        container.close()
+            encoder.write(frame)
+    except BaseException:
+        encoder.abort()
+        raise
+    encoder.close()
 
 
 def read_json_file(path: Path, missing_hint: str) -> dict:

@@ -33,8 +33,9 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from mgvsr.data.io import DataError, open_video, write_video
-from mgvsr.data.sources import MANIFEST, degrade_frames, list_videos
+from mgvsr.data.degrade import degrade_frames
+from mgvsr.data.io import DataError, iter_video_frames, write_video
+from mgvsr.data.sources import MANIFEST, list_videos
 
 PREPARED_FORMAT = "mgvsr-prepared-v1"
 
@@ -118,28 +119,18 @@ class Chunk:
 def iter_chunks(path: Path, clip_len: int, every: int, hw: Optional[tuple[int, int]], scale: int,
                 max_frames: int = 0) -> Iterator[Chunk]:
     """Stream ``path`` and yield every ``every``-th run of ``clip_len`` frames (resized), in order."""
-    container = open_video(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        buf: list[np.ndarray] = []
-        for i, frame in enumerate(container.decode(stream)):
-            if max_frames and i >= max_frames:
-                break
-            k = i // clip_len
-            if k % every:
-                continue
-            buf.append(resize_frame(frame.to_ndarray(format="rgb24"), hw, scale))
-            if len(buf) == clip_len:
-                frames = np.stack(buf)
-                buf = []
-                yield Chunk(path, k, k * clip_len, frames, detail(frames[::4]), max_frame_change(frames))
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"{path}: corrupt or truncated video ({err})") from None
-    finally:
-        container.close()
+    buf: list[np.ndarray] = []
+    for i, frame in enumerate(iter_video_frames(path)):
+        if max_frames and i >= max_frames:
+            break
+        k = i // clip_len
+        if k % every:
+            continue
+        buf.append(resize_frame(frame, hw, scale))
+        if len(buf) == clip_len:
+            frames = np.stack(buf)
+            buf = []
+            yield Chunk(path, k, k * clip_len, frames, detail(frames[::4]), max_frame_change(frames))
 
 
 def split_val(chunks: list[Chunk], val_clips: int) -> tuple[list[Chunk], list[Chunk]]:
@@ -273,6 +264,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="dataset root for --cache")
     parser.add_argument("--split", default="train", help="dataset split for --cache")
     parser.add_argument("--degradation", choices=["BI", "BD"], default="BI")
+    parser.add_argument("--lr-source", choices=["disk", "on_the_fly", "auto"],
+                        help="for --cache: LR frames from disk or made from HR (default: per layout)")
+    parser.add_argument("--gt-lmdb", help="for --cache: reds/vimeo from BasicSR's LMDB folders, the GT .lmdb")
+    parser.add_argument("--lq-lmdb", help="for --cache: with --gt-lmdb, the LQ .lmdb folder")
     parser.add_argument("--scale", type=int, default=4)
 
 
@@ -287,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
                 raise DataError("--cache needs --kind and --root (the dataset to pack)")
             clip_len = args.clip_len if args.kind == "video" else 0
             cfg = DatasetConfig(kind=args.kind, root=args.root, split=args.split, degradation=args.degradation,
-                                clip_len=clip_len)
+                                clip_len=clip_len, lr_source=args.lr_source, gt_lmdb=args.gt_lmdb,
+                                lq_lmdb=args.lq_lmdb)
             source = build_source(cfg, args.scale)
             write_cache(source, Path(args.cache), cache_origin(cfg, args.scale), progress=True)
             print(f"packed {len(source)} clips of {source.description} into {args.cache}")

@@ -13,13 +13,14 @@ Tensors: ``lr`` is float32 ``(b, T, 3, p, p)`` and ``hr`` float32 ``(b, T, 3, s*
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
+from mgvsr.data.degrade import degrade_frames
 from mgvsr.data.io import DataError
-from mgvsr.data.sources import ClipSource, degrade_frames
+from mgvsr.data.sources import ClipSource
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,13 @@ class StepBatches(torch.utils.data.Dataset):
                           batch_size=batch_size, aug=self.aug, intervals=self.intervals)
 
 
-def iter_clips(dataset: ClipSource, max_frames: int = 0) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield ``(name, lr uint8 (T,h,w,3), hr uint8 (T,s*h,s*w,3))`` for every clip (first ``max_frames``)."""
-    for i, c in enumerate(dataset.clips):
+def iter_clips(
+    dataset: ClipSource, max_frames: int = 0, indices: Optional[Iterable[int]] = None
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(name, lr uint8 (T,h,w,3), hr uint8 (T,s*h,s*w,3))`` for every clip (first ``max_frames``),
+    or only for the clips at ``indices`` (e.g. one rank's share of a validation set)."""
+    for i in range(len(dataset.clips)) if indices is None else indices:
+        c = dataset.clips[i]
         n = c.num_frames if max_frames <= 0 else min(max_frames, c.num_frames)
         lr, hr = dataset.read_clip(i, range(n))
         yield c.name, lr, hr

@@ -10,13 +10,18 @@ Layouts (``DatasetConfig.kind``):
   ``meta_info_REDSofficial4_test_GT.txt``; called REDSval4 in some papers).
 * ``vimeo``: Vimeo-90K septuplets ``sequences/00001/0001/im1..7.png`` listed by ``sep_trainlist.txt``
   (split ``train``) or ``sep_testlist.txt`` (``test``); LR from ``sequences_BIx4`` / ``sequences_BDx4``
-  (by ``degradation``) when present, else made on the fly.
-* ``vid4``: ``GT/<clip>/*.png`` with LR in ``BIx4/<clip>`` or ``BDx4/<clip>`` when present.
+  (by ``degradation``).
+* ``vid4``: ``GT/<clip>/*.png`` with LR in ``BIx4/<clip>`` or ``BDx4/<clip>``.
+* ``reds`` / ``vimeo`` may instead come from BasicSR's LMDB folders (``mgvsr.data.lmdb``).
 * ``frames``: ``root/<clip>/*.png|jpg``; LR from a sibling ``lr/<clip>`` folder when present
   (either ``root/hr`` + ``root/lr`` or ``root`` + ``root/../lr``).
 * ``video``: a video file or a folder of them (mp4/avi/mkv/mov/webm); each video is one clip, or is
   split into clips of ``clip_len`` frames. Decoded once per process into RAM.
 * ``prepared``: what ``mgvsr prepare`` writes (``manifest.json`` + one video per clip per split).
+
+Where LR frames come from is ``DatasetConfig.lr_source`` (resolved per layout in ``data/build.py``):
+``disk`` reads the stored LR and reports a missing LR folder as an error naming it, ``on_the_fly``
+always degrades the HR frames, ``auto`` reads stored LR when present and degrades otherwise.
 
 Frame counts and sizes are read from the data. LR made on the fly for training crops is the
 degradation of the HR crop itself (``mgvsr.data.degrade.degrade``); whole clips (validation, cache)
@@ -31,6 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mgvsr.data.degrade import degrade_frames
 from mgvsr.data.io import (
     VIDEO_EXTS,
     DataError,
@@ -48,18 +54,6 @@ REDS_OFFICIAL = tuple(f"{i:03d}" for i in range(240, 270))
 REDS_OFFICIAL4 = ("240", "241", "246", "257")
 # Check every frame header when a dataset has at most this many frames, else the first of each clip.
 FULL_HEADER_CHECK_LIMIT = 5000
-
-
-def degrade_frames(hr: np.ndarray, kind: str, scale: int) -> np.ndarray:
-    """``uint8 (T, H, W, 3)`` -> ``uint8 (T, H/scale, W/scale, 3)`` with the BI/BD degradation."""
-    import torch
-
-    from mgvsr.data.degrade import degrade  # written by the degradation module's owner
-
-    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(0, 3, 1, 2).float().div_(255.0)
-    y = degrade(x, kind=kind, scale=scale)
-    y = y.mul(255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # MATLAB rounding
-    return y.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 @dataclass
@@ -198,6 +192,23 @@ def _check_clip(name: str, hr: list[Path], lr: Optional[list[Path]], scale: int,
     return ClipInfo(name, len(hr), hr_hw, lr_hw)
 
 
+LR_SOURCES = ("disk", "on_the_fly", "auto")
+
+
+def use_stored_lr(lr_source: str, present: bool, expected: str, degradation: str) -> bool:
+    """Whether to read stored LR frames; with ``disk``, missing LR (``expected`` says where) is an error."""
+    if lr_source not in LR_SOURCES:
+        raise DataError(f"unknown lr_source {lr_source!r}; choose one of {list(LR_SOURCES)}")
+    if lr_source == "on_the_fly":
+        return False
+    if present:
+        return True
+    if lr_source == "disk":
+        raise DataError(f"{expected}: LR frames not found; set lr_source: on_the_fly to make {degradation} LR "
+                        f"from the HR frames instead")
+    return False
+
+
 def _select(names: list[str], wanted: Optional[Sequence[str]], where: str) -> list[str]:
     if wanted is None:
         return names
@@ -214,10 +225,8 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted((p.name for p in folder.iterdir() if p.is_dir()), key=natural_key)
 
 
-def reds_source(root: Path, split: str, degradation: str, clips, scale: int) -> ImageFolderSource:
-    hr_root = root / "train_sharp"
-    lr_root = root / "train_sharp_bicubic" / f"X{scale}"
-    names = _subdirs(hr_root)
+def reds_split(names: list[str], split: str, where: str) -> list[str]:
+    """The clip names of a REDS ``split`` (REDS4, BasicSR's official partition, ...) among ``names``."""
     splits = {
         "train": [c for c in names if c not in REDS4],
         "REDS4": [c for c in names if c in REDS4],
@@ -227,15 +236,27 @@ def reds_source(root: Path, split: str, degradation: str, clips, scale: int) -> 
         "REDSofficial4": [c for c in names if c in REDS_OFFICIAL4],
     }
     if split not in splits:
-        raise DataError(f"{root}: unknown REDS split '{split}'; choose one of {list(splits)}")
-    names = _select(splits[split], clips, str(hr_root))
-    use_lr = degradation == "BI" and lr_root.is_dir()
+        raise DataError(f"{where}: unknown REDS split '{split}'; choose one of {list(splits)}")
+    return splits[split]
+
+
+def reds_source(root: Path, split: str, degradation: str, clips, scale: int,
+                lr_source: str = "disk") -> ImageFolderSource:
+    hr_root = root / "train_sharp"
+    lr_root = root / "train_sharp_bicubic" / f"X{scale}"
+    names = _select(reds_split(_subdirs(hr_root), split, str(root)), clips, str(hr_root))
+    if degradation != "BI" and lr_source == "disk":  # REDS ships bicubic LR only
+        raise DataError(f"{lr_root}: REDS LR frames are bicubic (BI); set lr_source: on_the_fly to make "
+                        f"{degradation} LR from the HR frames")
+    present = degradation == "BI" and lr_root.is_dir()
+    use_lr = use_stored_lr(lr_source, present, f"{lr_root} (REDS LR folder)", degradation)
     hr = [list_images(hr_root / c) for c in names]
     lr = [list_images(lr_root / c) for c in names] if use_lr else None
     return ImageFolderSource(names, hr, lr, scale, degradation, f"REDS {root} [{split}]")
 
 
-def vimeo_source(root: Path, split: str, degradation: str, clips, scale: int) -> ImageFolderSource:
+def vimeo_source(root: Path, split: str, degradation: str, clips, scale: int,
+                 lr_source: str = "disk") -> ImageFolderSource:
     lists = {"train": "sep_trainlist.txt", "test": "sep_testlist.txt"}
     if split not in lists:
         raise DataError(f"{root}: unknown Vimeo-90K split '{split}'; choose one of {list(lists)}")
@@ -248,21 +269,23 @@ def vimeo_source(root: Path, split: str, degradation: str, clips, scale: int) ->
     names = _select(names, clips, str(list_file))
     hr_root = root / "sequences"
     lr_root = root / f"sequences_{degradation}x{scale}"
+    use_lr = use_stored_lr(lr_source, lr_root.is_dir(), f"{lr_root} (Vimeo-90K LR folder)", degradation)
     hr = [list_images(hr_root / c) for c in names]
-    lr = [list_images(lr_root / c) for c in names] if lr_root.is_dir() else None
+    lr = [list_images(lr_root / c) for c in names] if use_lr else None
     return ImageFolderSource(names, hr, lr, scale, degradation, f"Vimeo-90K {root} [{split}]")
 
 
-def vid4_source(root: Path, degradation: str, clips, scale: int) -> ImageFolderSource:
+def vid4_source(root: Path, degradation: str, clips, scale: int, lr_source: str = "disk") -> ImageFolderSource:
     hr_root = root / "GT"
     lr_root = root / f"{degradation}x{scale}"
     names = _select(_subdirs(hr_root), clips, str(hr_root))
+    use_lr = use_stored_lr(lr_source, lr_root.is_dir(), f"{lr_root} (Vid4 LR folder)", degradation)
     hr = [list_images(hr_root / c) for c in names]
-    lr = [list_images(lr_root / c) for c in names] if lr_root.is_dir() else None
+    lr = [list_images(lr_root / c) for c in names] if use_lr else None
     return ImageFolderSource(names, hr, lr, scale, degradation, f"Vid4 {root}")
 
 
-def frames_source(root: Path, degradation: str, clips, scale: int) -> ImageFolderSource:
+def frames_source(root: Path, degradation: str, clips, scale: int, lr_source: str = "auto") -> ImageFolderSource:
     if (root / "hr").is_dir():
         hr_root, lr_root = root / "hr", root / "lr"
     else:
@@ -271,8 +294,10 @@ def frames_source(root: Path, degradation: str, clips, scale: int) -> ImageFolde
     if not names:
         raise DataError(f"{hr_root}: empty folder (expected one sub-folder of frames per clip)")
     names = _select(names, clips, str(hr_root))
+    present = lr_root.is_dir() and lr_root != hr_root
+    use_lr = use_stored_lr(lr_source, present, f"{lr_root} (LR frames folder)", degradation)
     hr = [list_images(hr_root / c) for c in names]
-    lr = [list_images(lr_root / c) for c in names] if lr_root.is_dir() and lr_root != hr_root else None
+    lr = [list_images(lr_root / c) for c in names] if use_lr else None
     return ImageFolderSource(names, hr, lr, scale, degradation, f"frames {root}")
 
 
@@ -345,7 +370,9 @@ def list_videos(root: Path) -> list[Path]:
     return files
 
 
-def video_source(root: Path, degradation: str, clips, scale: int, clip_len: int) -> VideoSource:
+def video_source(root: Path, degradation: str, clips, scale: int, clip_len: int,
+                 lr_source: str = "on_the_fly") -> VideoSource:
+    use_stored_lr(lr_source, False, f"{root} (kind 'video' stores no LR frames)", degradation)
     names, segments, hw = [], [], []
     for path in list_videos(root):
         n, h, w = video_info(path)
@@ -385,7 +412,8 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
-def prepared_source(root: Path, split: str, degradation: str, clips, scale: int) -> VideoSource:
+def prepared_source(root: Path, split: str, degradation: str, clips, scale: int,
+                    lr_source: str = "auto") -> VideoSource:
     manifest = read_manifest(root)
     entries = manifest["clips"]
     splits = sorted({c["split"] for c in entries})
@@ -394,7 +422,9 @@ def prepared_source(root: Path, split: str, degradation: str, clips, scale: int)
     entries = [c for c in entries if split == "all" or c["split"] == split]
     keep = set(_select([c["name"] for c in entries], clips, str(root / MANIFEST)))
     # Stored LR frames are used when they were made with the requested degradation.
-    use_lr = manifest.get("lr") == degradation and all("lr_file" in c for c in entries)
+    present = manifest.get("lr") == degradation and all("lr_file" in c for c in entries)
+    stored = f"{root / MANIFEST} (stored LR: {manifest.get('lr')}; `mgvsr prepare --lr {degradation}` stores it)"
+    use_lr = use_stored_lr(lr_source, present, stored, degradation)
     names, segments, hw, lr_segments = [], [], [], []
     for c in entries:
         if c["name"] not in keep:

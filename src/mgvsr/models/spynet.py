@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgvsr.models.blocks import flow_warp
+from mgvsr.models.weights import load_weights_into
 
 NUM_LEVELS = 6
 
@@ -44,6 +45,9 @@ class SpyNetBasicModule(nn.Module):
 class SpyNet(nn.Module):
     """SPyNet flow estimator; ``load_path`` optionally loads pretrained weights (BasicSR or MMagic file)."""
 
+    # Fixed ImageNet normalisation: a weights file may lack these (see models.weights.check_state).
+    CONSTANT_BUFFERS = ("mean", "std")
+
     def __init__(self, load_path: Optional[str] = None) -> None:
         super().__init__()
         self.basic_module = nn.ModuleList([SpyNetBasicModule() for _ in range(NUM_LEVELS)])
@@ -54,8 +58,6 @@ class SpyNet(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """Load SPyNet weights; a ``spynet.`` prefix (weights cut from a full model) is stripped."""
-        from mgvsr.models.weights import load_weights_into
-
         load_weights_into(self, path, prefix="spynet.")
 
     def _process(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:

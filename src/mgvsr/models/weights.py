@@ -201,14 +201,15 @@ def _listed(keys: list[str]) -> str:
 
 
 def _constant_buffers(model: nn.Module) -> set[str]:
-    """State-dict names of SPyNet's fixed ImageNet mean/std (older files may lack them)."""
-    from mgvsr.models.spynet import SpyNet
+    """State-dict names of fixed buffers that older files may lack (SPyNet's ImageNet mean/std).
 
+    A module lists them in a ``CONSTANT_BUFFERS`` class attribute, so this file needs no import of
+    the architectures (which import this module to load their pretrained weights).
+    """
     names = set()
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, SpyNet):
-            prefix = f"{mod_name}." if mod_name else ""
-            names.update({prefix + "mean", prefix + "std"})
+        prefix = f"{mod_name}." if mod_name else ""
+        names.update(prefix + name for name in getattr(type(mod), "CONSTANT_BUFFERS", ()))
     return names
 
 

@@ -1,4 +1,6 @@
-"""Tiny synthetic datasets in every supported layout (for tests and smoke runs; no downloads).
+"""Test fixtures: tiny synthetic datasets in every supported layout (no downloads).
+
+Imported by the tests as ``import synthetic`` (pytest puts ``tests/`` on ``sys.path``).
 
 Frames are smooth random textures that pan by one pixel per frame, so clips have real motion.
 LR frames, when written, are made with the BI degradation of ``mgvsr.data.degrade``.
@@ -12,6 +14,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from mgvsr.data.degrade import degrade_frames
 from mgvsr.data.io import write_png, write_video
 
 
@@ -25,8 +28,6 @@ def smooth_clip(num_frames: int, height: int, width: int, seed: int = 0) -> np.n
 
 
 def bi_lr(hr: np.ndarray, scale: int = 4) -> np.ndarray:
-    from mgvsr.data.sources import degrade_frames
-
     return degrade_frames(hr, "BI", scale)
 
 

@@ -1,9 +1,14 @@
-"""Run a video super-resolution model over clips of any length and frame size.
+"""The runner: a video super-resolution model over clips of any length and frame size.
 
 Conventions
 -----------
 * A clip is a float tensor ``(T, 3, h, w)`` with values in ``[0, 1]`` (RGB); the model maps
   ``(B, T, 3, h, w) -> (B, T, 3, s*h, s*w)``. The scale ``s`` is read from the model's output.
+* The one point where a model is called is :func:`forward_clip`. A *sliding-window* model (EDVR),
+  whose plain ``forward`` returns only the centre frame of its window, provides a method
+  ``forward_clip(x)`` mapping ``(B, T, 3, h, w) -> (B, T, 3, s*h, s*w)`` (one output per input
+  frame); the runner calls ``model.forward_clip(x)`` when the model has that attribute, else
+  ``model(x)``. Everything below (chunks, tiles, streams) then works for both kinds.
 * ``chunk=0, tile=0`` (the default) runs the whole clip in one forward pass: exact, and what the
   papers' evaluation does. It needs memory for the whole clip.
 * ``chunk=N`` runs the clip in temporal chunks that each *keep* the outputs of ``N`` frames; every
@@ -20,31 +25,25 @@ Conventions
 
 :func:`stream_frames` does the same as :func:`run_clip` over an *iterator* of frames, holding only
 ``chunk + 2 * chunk_overlap`` input frames at a time, for videos that do not fit in memory.
+:func:`quantize` turns outputs into 8-bit frames on their own device, rounding as BasicSR does.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from mgvsr.config import ConfigError, ModelConfig, from_dict
 from mgvsr.errors import MgvsrError
 from mgvsr.metrics import tensor_to_uint8
-from mgvsr.models.weights import check_state, load_state, read_raw, sniff_format, strip_wrapper_prefixes
-
-AMP_CHOICES = ("none", "bf16", "fp16")
-METADATA_KEY = "mgvsr_model_config"
+from mgvsr.runtime import AMP_CHOICES, autocast_context, model_device
 
 
 class InferenceError(MgvsrError, ValueError):
-    """Bad inference settings or weights; the message names the setting or file."""
+    """Bad runner settings or a model output of the wrong shape; the message names the setting."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,52 +77,6 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--model", choices=["basicvsr", "iconvsr"], help="override the model kind from the weights")
     parser.add_argument("--num-feat", type=int, help="override the width from the weights")
     parser.add_argument("--num-block", type=int, help="override the depth from the weights")
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's CUDA device if available, else MPS, else CPU; other names are checked.
-
-    ``local_rank`` picks the GPU of a torchrun process for ``auto`` and for a bare ``cuda``.
-    """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InferenceError(f"device: {name!r} is not a device name ({err})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InferenceError(f"device: {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Autocast to bf16 / fp16 (``amp``) where the device type supports it; ``none`` = a no-op."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp not in AMP_CHOICES:
-        raise InferenceError(f"amp: {amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InferenceError(f"amp: bf16 is not supported on {device}")
-    if device.type not in ("cuda", "cpu", "mps", "xpu"):
-        raise InferenceError(f"amp: autocast is not available for device type {device.type!r}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a parameter-free module)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,10 +124,20 @@ def _span(keep_start: int, size: int, overlap: int, min_read: int, length: int) 
 # --------------------------------------------------------------------------------------------------
 
 
+def forward_clip(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The runner's single model call: ``(B, T, 3, h, w) -> (B, T, 3, sh, sw)``.
+
+    Sliding-window models return only their window's centre frame from ``forward``; they provide
+    ``forward_clip`` (one output per input frame), which is used whenever the model has it.
+    """
+    method = getattr(model, "forward_clip", None)
+    return method(x) if method is not None else model(x)
+
+
 def _forward(model: nn.Module, clip: torch.Tensor, device: torch.device, amp: str) -> torch.Tensor:
     """One forward pass of ``(T, 3, h, w)``; returns float32 ``(T, 3, sh, sw)`` on ``device``."""
     with torch.no_grad(), autocast_context(device, amp):
-        out = model(clip.to(device=device, dtype=torch.float32).unsqueeze(0))
+        out = forward_clip(model, clip.to(device=device, dtype=torch.float32).unsqueeze(0))
     if out.dim() != 5 or out.shape[:3] != (1, clip.shape[0], clip.shape[1]):
         raise InferenceError(
             f"model returned shape {tuple(out.shape)} for input {(1, *clip.shape)}; "
@@ -230,6 +193,16 @@ def run_clip(
     return torch.cat(pieces, dim=0)
 
 
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Float ``(T, 3, H, W)`` in [0, 1] -> uint8 ``(T, H, W, 3)`` on the same device.
+
+    The same rounding as :func:`mgvsr.metrics.tensor_to_uint8` (float32 ``clamp(0, 1) * 255``,
+    round half to even) without the trip to the CPU; the result is bit-identical.
+    """
+    y = (x.detach().to(torch.float32).clamp(0.0, 1.0) * 255.0).round()
+    return y.movedim(-3, -1).to(torch.uint8)
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(T, h, w, 3)`` RGB -> float32 ``(T, 3, h, w)`` in ``[0, 1]``."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -281,147 +254,3 @@ def stream_frames(
         drop = max(0, keep_start - max(ctx, 1) - offset)
         del buffer[:drop]
         offset += drop
-
-
-# --------------------------------------------------------------------------------------------------
-# Weights -> model
-# --------------------------------------------------------------------------------------------------
-
-
-def read_model_config_metadata(path: str | Path) -> Optional[ModelConfig]:
-    """The ModelConfig stored in an mgvsr ``.safetensors`` file's metadata, or None if absent."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as err:  # safetensors raises several types for corrupt headers
-        raise InferenceError(f"{path}: not a readable .safetensors file ({err})") from None
-    text = metadata.get(METADATA_KEY)
-    if text is None:
-        return None
-    try:
-        fields = json.loads(text)
-        return model_config_from_dict(fields)
-    except (json.JSONDecodeError, ConfigError) as err:
-        raise InferenceError(f"{path}: metadata '{METADATA_KEY}' is invalid: {err}") from None
-
-
-def model_config_from_dict(fields: dict) -> ModelConfig:
-    """Checked ModelConfig from a plain dict (weights-file paths are dropped: nothing is loaded)."""
-    fields = {k: v for k, v in dict(fields).items() if k not in ("init_weights", "spynet_weights", "edvr_weights")}
-    return from_dict({"model": fields}).model
-
-
-def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
-    """Guess BasicVSR/IconVSR width and depth from BasicSR- or MMagic-style parameter names.
-
-    ``num_feat`` is the output width of the backward trunk's first conv; ``num_block`` counts the
-    residual blocks of that trunk; IconVSR is recognised by its EDVR keyframe extractor / fusion
-    convs, and its ``temporal_padding`` from the width of EDVR's fusion conv (``keyframe_stride`` has
-    no parameters and keeps its default). Raises :class:`InferenceError` when the names are not those
-    of either model.
-    """
-    state = strip_wrapper_prefixes(state)
-    trunk = None
-    for name in ("backward_trunk", "backward_resblocks"):  # BasicSR, MMagic
-        if f"{name}.main.0.weight" in state:
-            trunk = name
-            break
-    if trunk is None:
-        sample = ", ".join(sorted(state)[:5])
-        raise InferenceError(
-            f"{where}: cannot tell the model from the parameter names (no 'backward_trunk.main.0.weight'; "
-            f"first keys: {sample}); pass --model/--num-feat/--num-block"
-        )
-    num_feat = int(state[f"{trunk}.main.0.weight"].shape[0])
-    blocks = {k.split(".")[3] for k in state if k.startswith(f"{trunk}.main.2.") and k.endswith("conv1.weight")}
-    if not blocks:
-        raise InferenceError(f"{where}: found no residual blocks under '{trunk}.main.2.'")
-    fields = {"name": "basicvsr", "num_feat": num_feat, "num_block": len(blocks)}
-    if "conv_hr.weight" in state:  # width of the HR head (64 in BasicSR/MMagic; smaller in CPU variants)
-        fields["head_feat"] = int(state["conv_hr.weight"].shape[0])
-    if any(k.startswith(("edvr.", "backward_fusion.", "forward_fusion.")) for k in state):
-        fields["name"] = "iconvsr"
-        # EDVR's TSA fusion conv reads (2 * temporal_padding + 1) frames of num_feat channels.
-        fusion = state.get("edvr.fusion.feat_fusion.weight")
-        if fusion is not None:
-            fields["temporal_padding"] = (int(fusion.shape[1]) // num_feat - 1) // 2
-    return model_config_from_dict(fields)
-
-
-@dataclass
-class WeightsFile:
-    """What a weights file holds. ``ema`` is None when the file has no EMA weights."""
-
-    path: Path
-    kind: str  # "safetensors" | "checkpoint" (our trainer) | "pth" (BasicSR / MMagic)
-    state: dict
-    ema: Optional[dict]
-    model_cfg: Optional[ModelConfig]  # from metadata or the checkpoint's config; None = unknown
-
-    def best_state(self) -> dict:
-        """EMA weights when present (they evaluate better), else the raw weights."""
-        return self.ema if self.ema is not None else self.state
-
-
-def read_weights(path: str | Path) -> WeightsFile:
-    """Read ``.safetensors`` (ours), a training checkpoint, or a BasicSR/MMagic ``.pth``.
-
-    Training checkpoints are ``torch.save``'d dicts with ``model``, ``ema`` and ``config`` keys.
-    Everything is read with ``weights_only=True``; pickles that need arbitrary code are refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InferenceError(f"weights file not found: {path}")
-    if sniff_format(path) == "safetensors":
-        return WeightsFile(path, "safetensors", load_state(str(path)), None, read_model_config_metadata(path))
-    obj = read_raw(path)  # weights_only=True; clear WeightsError for refused pickles / corrupt files
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        cfg = None
-        config = obj.get("config")
-        if isinstance(config, dict) and isinstance(config.get("model"), dict):
-            try:
-                cfg = model_config_from_dict(config["model"])
-            except ConfigError as err:
-                raise InferenceError(f"{path}: checkpoint 'config.model' is invalid: {err}") from None
-        ema = obj.get("ema")
-        if ema is not None and not isinstance(ema, dict):
-            raise InferenceError(f"{path}: checkpoint 'ema' must be a state dict or None")
-        return WeightsFile(path, "checkpoint", obj["model"], ema, cfg)
-    if isinstance(obj, dict) and isinstance(obj.get("params"), dict):
-        # BasicSR: keep the raw weights and the EMA weights apart (export writes both back).
-        ema = load_state(str(path), key="params_ema") if isinstance(obj.get("params_ema"), dict) else None
-        return WeightsFile(path, "pth", load_state(str(path), key="params"), ema, None)
-    return WeightsFile(path, "pth", load_state(str(path)), None, None)
-
-
-def build_for_inference(
-    weights: str | Path,
-    device: str | torch.device = "cpu",
-    name: Optional[str] = None,
-    num_feat: Optional[int] = None,
-    num_block: Optional[int] = None,
-) -> tuple[nn.Module, ModelConfig]:
-    """Build the model described by ``weights`` (metadata, checkpoint config or parameter shapes),
-    load the weights strictly (EMA weights when present) and return ``(model.eval(), cfg)``.
-
-    ``name`` / ``num_feat`` / ``num_block`` override what the file says.
-    """
-    from mgvsr.models import build_model
-
-    info = read_weights(weights)
-    state = info.best_state()
-    cfg = info.model_cfg or infer_model_config(state, where=str(weights))
-    overrides = {k: v for k, v in (("name", name), ("num_feat", num_feat), ("num_block", num_block)) if v is not None}
-    if overrides:
-        fields = {**cfg.__dict__, **overrides}
-        try:
-            cfg = model_config_from_dict(fields)
-        except ConfigError as err:
-            raise InferenceError(f"model options: {err}") from None
-
-    model = build_model(cfg)
-    model.load_state_dict(check_state(model, strip_wrapper_prefixes(state), str(weights), strict=True), strict=True)
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    return model.to(device).eval(), cfg
