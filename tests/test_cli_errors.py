@@ -95,6 +95,10 @@ def test_other_commands_report_errors_the_same_way(capsys, tmp_path):
     _one_line_error(capsys, "eval", "none")
     assert main(["upscale", str(tmp_path / "none.mp4"), str(tmp_path / "o.mp4"), "--weights", "w.pth"]) == 2
     _one_line_error(capsys, "upscale", "none.mp4")
+    assert main(["prepare", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "prepare", "none.mp4")
+    assert main(["schedule", str(DEMO), "schedule.kind=multigird"]) == 2
+    _one_line_error(capsys, "schedule", "schedule.kind: 'multigird' is not allowed")
 
 
 def test_the_project_errors_share_one_base():

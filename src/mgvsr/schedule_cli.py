@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        print(f"mgvsr schedule: {err}", file=sys.stderr)
+        print(f"mgvsr schedule: error: {err}", file=sys.stderr)
         return 2
     if args.cost == "flops":
         print(

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,5 +297,5 @@ def run(args: argparse.Namespace) -> int:
                        max_frames=args.max_frames, credit=args.credit)
         return 0
     except DataError as err:
-        print(f"mgvsr prepare: error: {err}")
+        print(f"mgvsr prepare: error: {err}", file=sys.stderr)
         return 2
