@@ -38,6 +38,7 @@ from pathlib import Path
 
 from mgvsr import __version__
 from mgvsr.config import Config, ConfigError, TrainConfig, load_config, to_dict
+from mgvsr.errors import MgvsrError
 from mgvsr.tracking import plot_psnr_vs_time, read_val_log, write_json
 
 DEFAULT_CONFIG = "configs/bench.yaml"
@@ -57,7 +58,7 @@ CPU_FILE = "bench_cpu.json"  # per run folder: the CPU measurements of every pro
 LOG_FILE = "train_output.log"  # per run folder: everything its training processes printed
 
 
-class BenchError(ValueError):
+class BenchError(MgvsrError, ValueError):
     """A benchmark that cannot go on (bad variant, failed run, missing results); reported in one line."""
 
 
@@ -716,11 +717,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except BenchError as err:
-        print(f"mgvsr bench: error: {err}", file=sys.stderr)
-        return 2
+    return _run(args)  # BenchError is an MgvsrError: cli.main prints it as one line and exits 2
 
 
 def _check_configs(config: str, overrides: list[str], variants: list[Variant]) -> None:
