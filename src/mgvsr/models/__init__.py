@@ -1,18 +1,24 @@
-"""Models: SPyNet, BasicVSR, IconVSR (BasicSR-compatible parameter names).
+"""Models: SPyNet, BasicVSR, IconVSR, EDVR, BasicVSR++ (BasicSR-compatible parameter names).
 
-All models map an LR clip (B, T, 3, h, w), float in [0, 1], to (B, T, 3, 4h, 4w).
+Recurrent models (BasicVSR, IconVSR, BasicVSR++) map an LR clip (B, T, 3, h, w), float in [0, 1], to
+(B, T, 3, 4h, 4w). EDVR is a sliding-window model: ``forward`` maps a window (B, N, 3, h, w) to its
+centre frame (B, 3, 4h, 4w) (what training uses), and ``forward_clip`` maps a clip (B, T, 3, h, w) to
+(B, T, 3, 4h, 4w) (what inference uses). Whole-clip callers use :func:`forward_clip`, which picks
+the model's ``forward_clip`` when it has one.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from mgvsr.models.basicvsr import BasicVSR
 from mgvsr.models.blocks import flow_warp
 from mgvsr.models.dcn import DCNv2Pack, ModulatedDeformConv2d, modulated_deform_conv2d
-from mgvsr.models.edvr import EDVRFeatureExtractor, PCDAlignment, TSAFusion
+from mgvsr.models.basicvsrpp import BasicVSRPlusPlus, SecondOrderDeformableAlignment
+from mgvsr.models.edvr import EDVR, EDVRFeatureExtractor, PCDAlignment, TSAFusion
 from mgvsr.models.iconvsr import IconVSR
 from mgvsr.models.spynet import SpyNet
 from mgvsr.models.weights import (
@@ -29,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BasicVSR",
     "IconVSR",
+    "EDVR",
+    "BasicVSRPlusPlus",
+    "SecondOrderDeformableAlignment",
+    "forward_clip",
     "SpyNet",
     "EDVRFeatureExtractor",
     "PCDAlignment",
@@ -66,8 +76,38 @@ def build_model(cfg: "ModelConfig") -> nn.Module:
             edvr_path=cfg.edvr_weights,
             head_feat=cfg.head_feat,
         )
+    elif cfg.name == "edvr":
+        model = EDVR(
+            num_feat=cfg.num_feat,
+            num_frame=cfg.num_frame,
+            deformable_groups=cfg.deformable_groups,
+            num_extract_block=cfg.num_extract_block,
+            num_reconstruct_block=cfg.num_block,
+            center_frame_idx=cfg.center_frame_idx,
+            with_predeblur=cfg.with_predeblur,
+            with_tsa=cfg.with_tsa,
+            head_feat=cfg.head_feat,
+        )
+    elif cfg.name == "basicvsrpp":
+        model = BasicVSRPlusPlus(
+            mid_channels=cfg.num_feat,
+            num_blocks=cfg.num_block,
+            max_residue_magnitude=cfg.max_residue_magnitude,
+            spynet_path=cfg.spynet_weights,
+            cpu_cache_length=cfg.cpu_cache_length,
+            head_feat=cfg.head_feat,
+        )
     else:
-        raise ValueError(f"model.name: unknown model '{cfg.name}'; choose 'basicvsr' or 'iconvsr'")
+        raise ValueError(
+            f"model.name: unknown model '{cfg.name}'; choose 'basicvsr', 'iconvsr', 'edvr' or 'basicvsrpp'"
+        )
     if cfg.init_weights:
         load_weights(model, cfg.init_weights, strict=True)
     return model
+
+
+def forward_clip(model: nn.Module, clip: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, h, w) -> (B, T, 3, 4h, 4w) for any model: a sliding-window model's ``forward_clip``
+    (every frame from its own padded window), else the model's plain forward."""
+    run = getattr(model, "forward_clip", None)
+    return run(clip) if run is not None else model(clip)
