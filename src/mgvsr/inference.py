@@ -36,7 +36,14 @@ from torch import nn
 
 from mgvsr.config import ConfigError, ModelConfig, from_dict
 from mgvsr.metrics import tensor_to_uint8
-from mgvsr.models.weights import check_state, load_state, read_raw, sniff_format, strip_wrapper_prefixes
+from mgvsr.models.weights import (
+    check_state,
+    load_state,
+    mmagic_to_basicsr,
+    read_raw,
+    sniff_format,
+    strip_wrapper_prefixes,
+)
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 METADATA_KEY = "mgvsr_model_config"
@@ -74,7 +81,7 @@ def add_model_arguments(parser) -> None:
     """CLI flags shared by ``mgvsr eval`` and ``mgvsr upscale``: device, autocast, model overrides."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
-    parser.add_argument("--model", choices=["basicvsr", "iconvsr"], help="override the model kind from the weights")
+    parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"], help="override the model kind from the weights")
     parser.add_argument("--num-feat", type=int, help="override the width from the weights")
     parser.add_argument("--num-block", type=int, help="override the depth from the weights")
 
@@ -173,7 +180,8 @@ def _span(keep_start: int, size: int, overlap: int, min_read: int, length: int) 
 def _forward(model: nn.Module, clip: torch.Tensor, device: torch.device, amp: str) -> torch.Tensor:
     """One forward pass of ``(T, 3, h, w)``; returns float32 ``(T, 3, sh, sw)`` on ``device``."""
     with torch.no_grad(), autocast_context(device, amp):
-        out = model(clip.to(device=device, dtype=torch.float32).unsqueeze(0))
+        x = clip.to(device=device, dtype=torch.float32).unsqueeze(0)
+        out = model.forward_clip(x) if hasattr(model, "forward_clip") else model(x)  # sliding-window models
     if out.dim() != 5 or out.shape[:3] != (1, clip.shape[0], clip.shape[1]):
         raise InferenceError(
             f"model returned shape {tuple(out.shape)} for input {(1, *clip.shape)}; "
@@ -313,7 +321,10 @@ def model_config_from_dict(fields: dict) -> ModelConfig:
 
 
 def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
-    """Guess BasicVSR/IconVSR width and depth from BasicSR- or MMagic-style parameter names.
+    """Guess the model and its width and depth from BasicSR- or MMagic-style parameter names.
+
+    EDVR and BasicVSR++ are recognised by the rules in their model modules
+    (``infer_edvr_fields``, ``infer_basicvsrpp_fields``); BasicVSR / IconVSR as follows.
 
     ``num_feat`` is the output width of the backward trunk's first conv; ``num_block`` counts the
     residual blocks of that trunk; IconVSR is recognised by its EDVR keyframe extractor / fusion
@@ -321,7 +332,14 @@ def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
     no parameters and keeps its default). Raises :class:`InferenceError` when the names are not those
     of either model.
     """
+    from mgvsr.models.basicvsrpp import infer_basicvsrpp_fields
+    from mgvsr.models.edvr import infer_edvr_fields
+
     state = strip_wrapper_prefixes(state)
+    for infer in (infer_edvr_fields, infer_basicvsrpp_fields):  # EDVR, BasicVSR++: per-model rules
+        fields = infer({mmagic_to_basicsr(k): v for k, v in state.items()})
+        if fields is not None:
+            return model_config_from_dict(fields)
     trunk = None
     for name in ("backward_trunk", "backward_resblocks"):  # BasicSR, MMagic
         if f"{name}.main.0.weight" in state:

@@ -32,7 +32,7 @@ from mgvsr.config import Config, load_config, save_config, to_dict
 from mgvsr.data import AugmentConfig, StepBatches, build_dataset, check_shape
 from mgvsr.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from mgvsr.inference import autocast_context
-from mgvsr.losses import pixel_loss
+from mgvsr.losses import sr_loss
 from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
 from mgvsr.optim import EMA, flow_frozen, make_optimizer, set_flow_trainable, set_lr
@@ -269,7 +269,8 @@ def train(cfg: Config) -> dict:
                 with sync:
                     with autocast_context(device, cfg.train.amp):
                         out = net(lr_clip)
-                    loss = pixel_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps) / accum
+                    loss = sr_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps,
+                                   getattr(model, "center_frame_idx", None)) / accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += loss.detach()
 

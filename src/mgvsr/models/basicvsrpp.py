@@ -253,3 +253,16 @@ class _FeatureCache:
 
     def load(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device) if self.enabled else x
+
+
+def infer_basicvsrpp_fields(state: dict) -> Optional[dict]:
+    """ModelConfig fields of a BasicVSR++ state dict (BasicSR names), or None if it is not one:
+    width from ``feat_extract``'s first conv, depth from ``backbone.backward_1``'s blocks."""
+    if "feat_extract.main.0.weight" not in state or "backbone.backward_1.main.0.weight" not in state:
+        return None
+    prefix = "backbone.backward_1.main.2."
+    blocks = {k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix) and k.endswith("conv1.weight")}
+    fields = {"name": "basicvsrpp", "num_feat": int(state["feat_extract.main.0.weight"].shape[0]), "num_block": len(blocks)}
+    if "conv_hr.weight" in state:
+        fields["head_feat"] = int(state["conv_hr.weight"].shape[0])
+    return fields

@@ -410,3 +410,36 @@ def _reflect_pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
         return x
     padded = F.pad(x.reshape(b * n, c, h, w), [0, pad_w, 0, pad_h], mode="reflect")
     return padded.view(b, n, c, h + pad_h, w + pad_w)
+
+
+def infer_edvr_fields(state: dict) -> Optional[dict]:
+    """ModelConfig fields of an EDVR state dict (BasicSR names), or None if it is not one.
+
+    EDVR is recognised by ``pcd_align.*`` without an ``edvr.`` prefix (IconVSR's extractor) and
+    ``reconstruction.<i>`` blocks; width from ``upconv1``'s input, the window length from the fusion
+    conv, the deformable groups from the cascading DCN's offset conv (3 * 9 channels per group),
+    the block counts from the block indices, TSA and pre-deblurring from their parameters.
+    """
+    if "pcd_align.cas_dcnpack.conv_offset.weight" not in state or "upconv1.weight" not in state:
+        return None
+    num_feat = int(state["upconv1.weight"].shape[1])
+    with_tsa = "fusion.feat_fusion.weight" in state
+    fusion = state["fusion.feat_fusion.weight" if with_tsa else "fusion.weight"]
+    fields = {
+        "name": "edvr",
+        "num_feat": num_feat,
+        "num_block": _count_blocks(state, "reconstruction."),
+        "num_extract_block": _count_blocks(state, "feature_extraction."),
+        "num_frame": int(fusion.shape[1]) // num_feat,
+        "deformable_groups": int(state["pcd_align.cas_dcnpack.conv_offset.weight"].shape[0]) // 27,
+        "with_tsa": with_tsa,
+        "with_predeblur": "predeblur.conv_first.weight" in state,
+    }
+    if "conv_hr.weight" in state:
+        fields["head_feat"] = int(state["conv_hr.weight"].shape[0])
+    return fields
+
+
+def _count_blocks(state: dict, prefix: str) -> int:
+    """Number of residual blocks ``<prefix><i>.conv1`` in a state dict."""
+    return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix) and k.endswith("conv1.weight")})
