@@ -382,13 +382,7 @@ def _require(cond: bool, key: str, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     m, s, o, t, d = cfg.model, cfg.schedule, cfg.optim, cfg.train, cfg.data
-    _require(m.num_feat >= 1, "model.num_feat", "must be >= 1")
-    _require(m.num_block >= 1, "model.num_block", "must be >= 1")
-    _require(m.head_feat >= 1, "model.head_feat", "must be >= 1")
-    _require(m.scale == 4, "model.scale", "only x4 is supported (the models' upsampler)")
-    _require(m.keyframe_stride >= 1, "model.keyframe_stride", "must be >= 1")
-    _require(m.temporal_padding >= 1, "model.temporal_padding", "must be >= 1")
-    _validate_model(m)
+    validate_model(m)
 
     _validate_schedule(s)
     if m.sliding_window:
@@ -423,8 +417,22 @@ def validate(cfg: Config) -> None:
         _require(ds.clips is None or len(ds.clips) > 0, f"{name}.clips", "must be null or a non-empty list")
 
 
-def _validate_model(m: ModelConfig) -> None:
-    """Checks of the model fields that only some models use (EDVR, BasicVSR++)."""
+def model_config_from_dict(fields: dict) -> ModelConfig:
+    """A checked :class:`ModelConfig` from a plain dict (the ``model`` section alone), e.g. the model
+    config stored in a weights file. Cross-section checks (EDVR's clip length) are not applied."""
+    model = _convert(dict(fields), ModelConfig, "model")
+    validate_model(model)
+    return model
+
+
+def validate_model(m: ModelConfig) -> None:
+    """Checks of the ``model`` section on its own."""
+    _require(m.num_feat >= 1, "model.num_feat", "must be >= 1")
+    _require(m.num_block >= 1, "model.num_block", "must be >= 1")
+    _require(m.head_feat >= 1, "model.head_feat", "must be >= 1")
+    _require(m.scale == 4, "model.scale", "only x4 is supported (the models' upsampler)")
+    _require(m.keyframe_stride >= 1, "model.keyframe_stride", "must be >= 1")
+    _require(m.temporal_padding >= 1, "model.temporal_padding", "must be >= 1")
     if m.name == "edvr":
         _require(m.num_frame >= 1, "model.num_frame", "must be >= 1")
         _require(m.deformable_groups >= 1, "model.deformable_groups", "must be >= 1")

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mgvsr.config import ConfigError, ModelConfig, from_dict
+from mgvsr.config import ConfigError, ModelConfig
+from mgvsr.config import model_config_from_dict as config_model_from_dict
 from mgvsr.metrics import tensor_to_uint8
 from mgvsr.models.weights import (
     check_state,
@@ -317,7 +318,7 @@ def read_model_config_metadata(path: str | Path) -> Optional[ModelConfig]:
 def model_config_from_dict(fields: dict) -> ModelConfig:
     """Checked ModelConfig from a plain dict (weights-file paths are dropped: nothing is loaded)."""
     fields = {k: v for k, v in dict(fields).items() if k not in ("init_weights", "spynet_weights", "edvr_weights")}
-    return from_dict({"model": fields}).model
+    return config_model_from_dict(fields)
 
 
 def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
