@@ -137,3 +137,25 @@ def test_new_configs_load_and_schedule(path, capsys):
         assert cfg.schedule.num_frames == cfg.model.num_frame == 5
     if path.endswith("multigrid"):
         assert "fewer pixels" in printed
+
+
+def test_model_step_time_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/model_step_time.py at tiny sizes, one timed step: every schedule shape gets a median."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_step_time", ROOT / "benchmarks" / "model_step_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "steps.json"
+    rc = bench.main([str(ROOT / "configs" / "edvr_m_reds_multigrid.yaml"), "model.num_feat=8", "model.num_block=1",
+                     "model.deformable_groups=2", "model.num_extract_block=1", "model.head_feat=8",
+                     "schedule.batch_size=1", "schedule.patch_size=16", "schedule.spatial_stages=[16]",
+                     "--amp", "none", "--repeat", "1", "--no-tune", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["shapes"] == [[5, 16, 1]] and "machine" in data and data["command"].startswith("python ")
+    timing = data["amp"]["none"]
+    assert timing["median_step_s"]["T5_p16_b1"] > 0
+    assert timing["projected_speedup"] == pytest.approx(1.0)  # one shape: the run is the fixed run
+    assert data["flop_ratio"] == pytest.approx(1.0)
+    assert "projected run" in capsys.readouterr().out
