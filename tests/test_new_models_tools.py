@@ -107,7 +107,8 @@ def test_upscale_frame_folder(trained, frames_root, tmp_path, capsys):
     """One 4x output PNG per input frame."""
     name, run = trained
     dst = tmp_path / "up"
-    rc = main(["upscale", str(frames_root.parent / "lr_input"), str(dst), "--weights", str(run / "weights" / "model.safetensors"),
+    weights = run / "weights" / "model.safetensors"
+    rc = main(["upscale", str(frames_root.parent / "lr_input"), str(dst), "--weights", str(weights),
                "--device", "cpu", "--chunk", "2", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     pngs = sorted(dst.glob("*.png"))

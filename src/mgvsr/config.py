@@ -448,7 +448,11 @@ def validate_model(m: ModelConfig) -> None:
             f"must be null or in 0 .. model.num_frame - 1 ({m.num_frame - 1})",
         )
     if m.name == "basicvsrpp":
-        _require(m.num_feat % 8 == 0, "model.num_feat", "must be a multiple of 8 for BasicVSR++ (16 deformable groups over 2 * num_feat channels)")
+        _require(
+            m.num_feat % 8 == 0,
+            "model.num_feat",
+            "must be a multiple of 8 for BasicVSR++ (16 deformable groups over 2 * num_feat channels)",
+        )
         _require(m.max_residue_magnitude > 0, "model.max_residue_magnitude", "must be > 0")
         _require(m.cpu_cache_length >= 1, "model.cpu_cache_length", "must be >= 1")
 

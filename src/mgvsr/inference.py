@@ -82,7 +82,8 @@ def add_model_arguments(parser) -> None:
     """CLI flags shared by ``mgvsr eval`` and ``mgvsr upscale``: device, autocast, model overrides."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
-    parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"], help="override the model kind from the weights")
+    parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"],
+                        help="override the model kind from the weights")
     parser.add_argument("--num-feat", type=int, help="override the width from the weights")
     parser.add_argument("--num-block", type=int, help="override the depth from the weights")
 

@@ -262,7 +262,8 @@ def infer_basicvsrpp_fields(state: dict) -> Optional[dict]:
         return None
     prefix = "backbone.backward_1.main.2."
     blocks = {k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix) and k.endswith("conv1.weight")}
-    fields = {"name": "basicvsrpp", "num_feat": int(state["feat_extract.main.0.weight"].shape[0]), "num_block": len(blocks)}
+    width = int(state["feat_extract.main.0.weight"].shape[0])
+    fields = {"name": "basicvsrpp", "num_feat": width, "num_block": len(blocks)}
     if "conv_hr.weight" in state:
         fields["head_feat"] = int(state["conv_hr.weight"].shape[0])
     return fields

@@ -148,7 +148,9 @@ def deform_conv(
     tv = _torchvision_deform_conv2d() if use_tv else None
     if tv is None:
         return modulated_deform_conv2d(x, offset, mask, weight, bias, stride, padding, dilation, groups)
-    return tv(x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask)
+    return tv(
+        x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask
+    )
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -192,7 +194,9 @@ class ModulatedDeformConv2d(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return deform_conv(
+            x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class DCNv2Pack(ModulatedDeformConv2d):

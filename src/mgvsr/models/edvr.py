@@ -309,9 +309,13 @@ class EDVR(_PyramidAligner):
     ) -> None:
         super().__init__()
         if num_in_ch != 3 or num_out_ch != 3:
-            raise ValueError(f"EDVR: only RGB in and out is supported, got num_in_ch={num_in_ch}, num_out_ch={num_out_ch}")
+            raise ValueError(
+                f"EDVR: only RGB in and out is supported, got num_in_ch={num_in_ch}, num_out_ch={num_out_ch}"
+            )
         if num_feat < 1 or num_feat % deformable_groups:
-            raise ValueError(f"EDVR: num_feat={num_feat} must be a positive multiple of deformable_groups={deformable_groups}")
+            raise ValueError(
+                f"EDVR: num_feat={num_feat} must be a positive multiple of deformable_groups={deformable_groups}"
+            )
         if num_frame < 1 or num_extract_block < 0 or num_reconstruct_block < 0 or head_feat < 1:
             raise ValueError(
                 f"EDVR: need num_frame >= 1, block counts >= 0, head_feat >= 1; got {num_frame}, "
