@@ -78,7 +78,8 @@ class SecondOrderDeformableAlignment(ModulatedDeformConv2d):
         offset_2 = res_2 + flow_2.flip(1).repeat(1, res_2.shape[1] // 2, 1, 1)
         offset = torch.cat([offset_1, offset_2], dim=1)
         gate = torch.sigmoid(mask)
-        return deform_conv(x, offset, gate, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        stride, padding, dilation = self.stride, self.padding, self.dilation
+        return deform_conv(x, offset, gate, self.weight, self.bias, stride, padding, dilation, self.groups)
 
 
 class BasicVSRPlusPlus(RecurrentVSRBase):
