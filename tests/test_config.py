@@ -34,7 +34,7 @@ def test_nested_dataset_override_creates_section():
     "override, needle",
     [
         ("model.num_feats=3", "unknown key 'model.num_feats'"),
-        ("model.name=edvr", "model.name: 'edvr' is not allowed"),
+        ("model.name=swinir", "model.name: 'swinir' is not allowed"),
         ("train.seed=abc", "train.seed: expected an integer"),
         ("schedule.patch_size=8", "schedule.patch_size"),
         ("schedule.stage_shares=[1]", "schedule.stage_shares"),

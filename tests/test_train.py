@@ -203,7 +203,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dirs, monkeypatch
     import mgvsr.train as train_mod
 
     train_root, _ = data_dirs
-    real_loss = train_mod.pixel_loss
+    real_loss = train_mod.sr_loss
     calls = {"n": 0}
 
     def flaky_loss(*args, **kwargs):
@@ -214,7 +214,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, data_dirs, monkeypatch
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train_mod, "pixel_loss", flaky_loss)
+    monkeypatch.setattr(train_mod, "sr_loss", flaky_loss)
     cfg_path = write_config(tmp_path / "c.yaml", train_root, None, tmp_path / "runs",
                             train={"name": "t", "out_dir": str(tmp_path / "runs"), "log_every": 1,
                                    "val_every": 0, "save_every": 4, "tensorboard": False, "progress": False,

@@ -31,20 +31,53 @@ class ConfigError(MgvsrError, ValueError):
 
 @dataclass
 class ModelConfig:
-    name: Literal["basicvsr", "iconvsr"] = "basicvsr"
+    """The network. ``num_feat`` / ``num_block`` are each model's width / depth under one name:
+
+    ========== =========================== ===============================================
+    name       num_feat is BasicSR's        num_block is BasicSR's
+    ========== =========================== ===============================================
+    basicvsr   ``num_feat``                 ``num_block`` (per propagation branch)
+    iconvsr    ``num_feat``                 ``num_block`` (per propagation branch)
+    edvr       ``num_feat``                 ``num_reconstruct_block``
+    basicvsrpp ``mid_channels``             ``num_blocks`` (per propagation branch)
+    ========== =========================== ===============================================
+
+    The other fields keep BasicSR's argument names and apply to the model named in their comment.
+    """
+
+    name: Literal["basicvsr", "iconvsr", "edvr", "basicvsrpp"] = "basicvsr"
     num_feat: int = 64
     num_block: int = 30
     keyframe_stride: int = 5  # IconVSR only
     temporal_padding: int = 2  # IconVSR only
+    # EDVR only: window length (the sliding window; training clips have exactly this many frames),
+    # PCD deformable groups, residual blocks before alignment, reference frame of the window
+    # (null = num_frame // 2), TSA fusion (else a 1x1 conv), pre-deblurring front end.
+    num_frame: int = 5
+    deformable_groups: int = 8
+    num_extract_block: int = 5
+    center_frame_idx: Optional[int] = None
+    with_tsa: bool = True
+    with_predeblur: bool = False
+    # BasicVSR++ only: bound of the learned offset residue; clips longer than cpu_cache_length keep
+    # intermediate features on the CPU when running on CUDA (saves GPU memory, slower).
+    max_residue_magnitude: float = 10.0
+    cpu_cache_length: int = 100
     # Width of the HR part of the x4 head (BasicSR: 64; only 64 loads released checkpoints).
     head_feat: int = 64
     scale: int = 4
     # Optional weights to start from (ours .safetensors or BasicSR/MMagic .pth).
     init_weights: Optional[str] = None
-    # Optional pretrained SPyNet weights; None = train the flow network from scratch.
+    # Optional pretrained SPyNet weights (BasicVSR, IconVSR, BasicVSR++); None = train the flow
+    # network from scratch.
     spynet_weights: Optional[str] = None
     # Optional pretrained EDVR weights for IconVSR's keyframe feature extractor.
     edvr_weights: Optional[str] = None
+
+    @property
+    def sliding_window(self) -> bool:
+        """True for a model that predicts the centre frame of a fixed-length window (EDVR)."""
+        return self.name == "edvr"
 
 
 @dataclass
@@ -364,14 +397,11 @@ def _require(cond: bool, key: str, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     m, s, o, t, d = cfg.model, cfg.schedule, cfg.optim, cfg.train, cfg.data
-    _require(m.num_feat >= 1, "model.num_feat", "must be >= 1")
-    _require(m.num_block >= 1, "model.num_block", "must be >= 1")
-    _require(m.head_feat >= 1, "model.head_feat", "must be >= 1")
-    _require(m.scale == 4, "model.scale", "only x4 is supported (BasicVSR/IconVSR upsampler)")
-    _require(m.keyframe_stride >= 1, "model.keyframe_stride", "must be >= 1")
-    _require(m.temporal_padding >= 1, "model.temporal_padding", "must be >= 1")
+    validate_model(m)
 
     _validate_schedule(s)
+    if m.sliding_window:
+        _validate_sliding_window_schedule(m, s)
 
     _require(o.lr > 0, "optim.lr", "must be > 0")
     _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)")
@@ -401,6 +431,65 @@ def validate(cfg: Config) -> None:
         _require(ds.max_frames >= 0, f"{name}.max_frames", "must be >= 0 (0 = all frames)")
         _require(ds.clip_len >= 0, f"{name}.clip_len", "must be >= 0 (0 = one clip per video)")
         _require(ds.clips is None or len(ds.clips) > 0, f"{name}.clips", "must be null or a non-empty list")
+
+
+def model_config_from_dict(fields: dict) -> ModelConfig:
+    """A checked :class:`ModelConfig` from a plain dict (the ``model`` section alone), e.g. the model
+    config stored in a weights file. Cross-section checks (EDVR's clip length) are not applied."""
+    model = _convert(dict(fields), ModelConfig, "model")
+    validate_model(model)
+    return model
+
+
+def validate_model(m: ModelConfig) -> None:
+    """Checks of the ``model`` section on its own."""
+    _require(m.num_feat >= 1, "model.num_feat", "must be >= 1")
+    _require(m.num_block >= 1, "model.num_block", "must be >= 1")
+    _require(m.head_feat >= 1, "model.head_feat", "must be >= 1")
+    _require(m.scale == 4, "model.scale", "only x4 is supported (the models' upsampler)")
+    _require(m.keyframe_stride >= 1, "model.keyframe_stride", "must be >= 1")
+    _require(m.temporal_padding >= 1, "model.temporal_padding", "must be >= 1")
+    if m.name == "edvr":
+        _require(m.num_frame >= 1, "model.num_frame", "must be >= 1")
+        _require(m.deformable_groups >= 1, "model.deformable_groups", "must be >= 1")
+        _require(
+            m.num_feat % m.deformable_groups == 0,
+            "model.num_feat",
+            f"must be a multiple of model.deformable_groups ({m.deformable_groups}) for EDVR",
+        )
+        _require(m.num_extract_block >= 0, "model.num_extract_block", "must be >= 0")
+        _require(
+            m.center_frame_idx is None or 0 <= m.center_frame_idx < m.num_frame,
+            "model.center_frame_idx",
+            f"must be null or in 0 .. model.num_frame - 1 ({m.num_frame - 1})",
+        )
+    if m.name == "basicvsrpp":
+        _require(
+            m.num_feat % 8 == 0,
+            "model.num_feat",
+            "must be a multiple of 8 for BasicVSR++ (16 deformable groups over 2 * num_feat channels)",
+        )
+        _require(m.max_residue_magnitude > 0, "model.max_residue_magnitude", "must be > 0")
+        _require(m.cpu_cache_length >= 1, "model.cpu_cache_length", "must be >= 1")
+
+
+def _validate_sliding_window_schedule(m: ModelConfig, s: ScheduleConfig) -> None:
+    """EDVR sees windows of exactly ``model.num_frame`` frames: the schedule may vary the patch size
+    (and the batch), never the clip length."""
+    why = f"EDVR's window length is fixed by the architecture (model.num_frame = {m.num_frame})"
+    _require(s.num_frames == m.num_frame, "schedule.num_frames", f"must equal model.num_frame for EDVR: {why}")
+    if s.kind == "multigrid":
+        _require(
+            all(f == 1.0 for f in s.temporal_fractions),
+            "schedule.temporal_fractions",
+            f"must be [1.0] for EDVR: {why}, so multigrid varies only the patch size (spatial_stages)",
+        )
+    if s.kind == "cycles":
+        _require(
+            all(pair[0] == 1.0 for pair in s.cycle_shapes),
+            "schedule.cycle_shapes",
+            f"every T fraction must be 1.0 for EDVR: {why}",
+        )
 
 
 def _validate_schedule(s: ScheduleConfig) -> None:

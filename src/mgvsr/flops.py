@@ -11,8 +11,12 @@ Conventions
   of inputs and weights). We use its per-op formulas (``torch.utils.flop_counter.flop_registry``)
   in a small dispatch mode of our own (:class:`_FlopTally`) that skips ``FlopCounterMode``'s
   per-module bookkeeping, which doubled the time; the totals are identical (a test checks this).
-  Element-wise ops, ``grid_sample`` (flow warping), interpolation and pixel shuffle are not
-  counted; they are a small fraction of the total for BasicVSR / IconVSR.
+  Element-wise ops, ``grid_sample`` (flow warping, and the bilinear sampling inside the pure-PyTorch
+  deformable convolution), interpolation and pixel shuffle are not counted; they are a small fraction
+  of the total for BasicVSR / IconVSR. The deformable convolutions of EDVR and BasicVSR++ are counted
+  through their matrix product (``2 * C_out * C_in * k * k`` per output pixel, as a plain conv).
+* Every model is counted as trained: EDVR on one window of ``num_frame`` frames (its output is the
+  centre frame), the recurrent models on the whole clip.
 * Every parameter is counted as trainable (i.e. after ``optim.fix_flow_iters``, when SPyNet learns).
 * The model is built on PyTorch's ``meta`` device when it supports it (no memory, no arithmetic),
   otherwise on the CPU. On ``meta`` the cost is Python dispatch overhead alone; repeated ops (the

@@ -84,7 +84,20 @@ def schedule_report(cfg: Config, world_size: int = 1, cost: str = "flops") -> di
         "full_step_cost": full,
         "phases": rows,
         "cost_vs_fixed": total / s.total_iters,
+        "note": _model_note(cfg),
     }
+
+
+def _model_note(cfg: Config) -> str:
+    """What the schedule can vary for this model (empty when it can vary everything)."""
+    if not cfg.model.sliding_window:
+        return ""
+    return (
+        f"note: {cfg.model.name} is a sliding-window model: every training clip is one window of "
+        f"model.num_frame = {cfg.model.num_frame} frames, fixed by the architecture, so the schedule varies "
+        "only the patch size (and the batch with schedule.scale_batch); the loss compares the predicted "
+        "centre frame with the HR centre frame"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -115,6 +128,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"estimated cost vs fixed baseline (same iterations at the full shape): "
         f"{report['cost_vs_fixed']:.3f} ({1 / report['cost_vs_fixed']:.2f}x fewer {unit})",
     ]
+    if report.get("note"):
+        lines.append(report["note"])
     return "\n".join(lines)
 
 

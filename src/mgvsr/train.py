@@ -38,7 +38,7 @@ from mgvsr.data import AugmentConfig, StepBatches, build_dataset, check_shape
 from mgvsr.distributed import DistInfo, all_reduce_loss_and_stop, barrier, cleanup, init_distributed
 from mgvsr.errors import MgvsrError
 from mgvsr.evaluation import score_model
-from mgvsr.losses import pixel_loss
+from mgvsr.losses import sr_loss
 from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
 from mgvsr.optim import EMA, flow_frozen, make_optimizer, set_flow_trainable, set_lr
@@ -455,7 +455,8 @@ def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config,
         with sync:
             with autocast_context(device, cfg.train.amp):
                 out = net(lr_clip)
-            loss = pixel_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps) / accum
+            loss = sr_loss(cfg.optim.loss, out.float(), hr_clip, cfg.optim.charbonnier_eps,
+                           getattr(model, "center_frame_idx", None)) / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_sum += loss.detach()
 

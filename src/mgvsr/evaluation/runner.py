@@ -4,7 +4,7 @@ Conventions
 -----------
 * A clip is a float tensor ``(T, 3, h, w)`` with values in ``[0, 1]`` (RGB); the model maps
   ``(B, T, 3, h, w) -> (B, T, 3, s*h, s*w)``. The scale ``s`` is read from the model's output.
-* The one point where a model is called is :func:`forward_clip`. A *sliding-window* model (EDVR),
+* The one point where a model is called is :func:`mgvsr.models.forward_clip`. A *sliding-window* model (EDVR),
   whose plain ``forward`` returns only the centre frame of its window, provides a method
   ``forward_clip(x)`` mapping ``(B, T, 3, h, w) -> (B, T, 3, s*h, s*w)`` (one output per input
   frame); the runner calls ``model.forward_clip(x)`` when the model has that attribute, else
@@ -39,6 +39,7 @@ from torch import nn
 
 from mgvsr.errors import MgvsrError
 from mgvsr.metrics import tensor_to_uint8
+from mgvsr.models import forward_clip
 from mgvsr.runtime import AMP_CHOICES, autocast_context, model_device
 
 
@@ -74,7 +75,8 @@ def add_model_arguments(parser) -> None:
     """CLI flags shared by ``mgvsr eval`` and ``mgvsr upscale``: device, autocast, model overrides."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
-    parser.add_argument("--model", choices=["basicvsr", "iconvsr"], help="override the model kind from the weights")
+    parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"],
+                        help="override the model kind from the weights")
     parser.add_argument("--num-feat", type=int, help="override the width from the weights")
     parser.add_argument("--num-block", type=int, help="override the depth from the weights")
 
@@ -122,16 +124,6 @@ def _span(keep_start: int, size: int, overlap: int, min_read: int, length: int) 
 # --------------------------------------------------------------------------------------------------
 # Running a model
 # --------------------------------------------------------------------------------------------------
-
-
-def forward_clip(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The runner's single model call: ``(B, T, 3, h, w) -> (B, T, 3, sh, sw)``.
-
-    Sliding-window models return only their window's centre frame from ``forward``; they provide
-    ``forward_clip`` (one output per input frame), which is used whenever the model has it.
-    """
-    method = getattr(model, "forward_clip", None)
-    return method(x) if method is not None else model(x)
 
 
 def _forward(model: nn.Module, clip: torch.Tensor, device: torch.device, amp: str) -> torch.Tensor:

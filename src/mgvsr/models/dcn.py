@@ -15,6 +15,11 @@ Semantics match torchvision's ``deform_conv2d`` with a mask and mmcv / BasicSR
 Implementation: one ``grid_sample`` gathers all taps of all groups at once into "columns"
 (N, C * kh * kw, Ho * Wo), and one batched matmul with the weight produces the output, so autograd
 gives gradients for input, offset, mask, weight and bias.
+
+Backends (:func:`set_backend`): the layers call :func:`deform_conv`, which runs this pure-PyTorch
+kernel by default (``"torch"``, every device, deterministic). ``"torchvision"`` runs
+``torchvision.ops.deform_conv2d`` (same semantics, compiled kernels; torchvision is optional and
+never required); ``"auto"`` uses torchvision on CUDA tensors when it imports, else the pure kernel.
 """
 
 from __future__ import annotations
@@ -96,6 +101,58 @@ def modulated_deform_conv2d(
     return out
 
 
+BACKENDS = ("torch", "torchvision", "auto")
+_backend = "torch"
+
+
+def set_backend(name: str) -> None:
+    """Choose the DCN kernel for every layer: ``"torch"`` (default), ``"torchvision"`` or ``"auto"``."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"DCN backend {name!r} is not one of {list(BACKENDS)}")
+    if name == "torchvision" and _torchvision_deform_conv2d() is None:
+        raise ValueError("DCN backend 'torchvision': torchvision.ops.deform_conv2d cannot be imported")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def _torchvision_deform_conv2d():
+    """``torchvision.ops.deform_conv2d`` or None when torchvision is not installed / does not import."""
+    try:
+        from torchvision.ops import deform_conv2d
+    except Exception:  # ImportError, or a torchvision built for another torch
+        return None
+    return deform_conv2d
+
+
+def deform_conv(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Modulated deformable convolution with the kernel chosen by :func:`set_backend`.
+
+    Arguments as :func:`modulated_deform_conv2d`. torchvision reads the weight groups from the
+    weight's shape, exactly as the pure kernel does with ``groups``.
+    """
+    use_tv = _backend == "torchvision" or (_backend == "auto" and x.is_cuda)
+    tv = _torchvision_deform_conv2d() if use_tv else None
+    if tv is None:
+        return modulated_deform_conv2d(x, offset, mask, weight, bias, stride, padding, dilation, groups)
+    return tv(
+        x, offset, weight, bias, stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), mask=mask
+    )
+
+
 class ModulatedDeformConv2d(nn.Module):
     """DCNv2 layer with explicit ``offset`` and ``mask``; parameters ``weight`` and ``bias``."""
 
@@ -137,7 +194,7 @@ class ModulatedDeformConv2d(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return modulated_deform_conv2d(
+        return deform_conv(
             x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
 

@@ -26,14 +26,18 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mgvsr.config import ConfigError, ModelConfig, from_dict
+from mgvsr.config import ConfigError, ModelConfig
+from mgvsr.config import model_config_from_dict as checked_model_config
 from mgvsr.models.basicvsr import BasicVSR
+from mgvsr.models.basicvsrpp import BasicVSRPlusPlus, infer_basicvsrpp_fields
+from mgvsr.models.edvr import EDVR, infer_edvr_fields
 from mgvsr.models.iconvsr import IconVSR
 from mgvsr.models.weights import (
     WeightsError,
     WeightsFileNotFoundError,
     check_state,
     load_state,
+    mmagic_to_basicsr,
     read_raw,
     sniff_format,
     strip_wrapper_prefixes,
@@ -69,8 +73,31 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             edvr_path=cfg.edvr_weights,
             head_feat=cfg.head_feat,
         )
+    elif cfg.name == "edvr":
+        model = EDVR(
+            num_feat=cfg.num_feat,
+            num_frame=cfg.num_frame,
+            deformable_groups=cfg.deformable_groups,
+            num_extract_block=cfg.num_extract_block,
+            num_reconstruct_block=cfg.num_block,
+            center_frame_idx=cfg.center_frame_idx,
+            with_predeblur=cfg.with_predeblur,
+            with_tsa=cfg.with_tsa,
+            head_feat=cfg.head_feat,
+        )
+    elif cfg.name == "basicvsrpp":
+        model = BasicVSRPlusPlus(
+            mid_channels=cfg.num_feat,
+            num_blocks=cfg.num_block,
+            max_residue_magnitude=cfg.max_residue_magnitude,
+            spynet_path=cfg.spynet_weights,
+            cpu_cache_length=cfg.cpu_cache_length,
+            head_feat=cfg.head_feat,
+        )
     else:
-        raise ValueError(f"model.name: unknown model '{cfg.name}'; choose 'basicvsr' or 'iconvsr'")
+        raise ValueError(
+            f"model.name: unknown model '{cfg.name}'; choose 'basicvsr', 'iconvsr', 'edvr' or 'basicvsrpp'"
+        )
     if cfg.init_weights:
         load_into(model, read_weights(cfg.init_weights).best_state(), cfg.init_weights)
     return model
@@ -91,7 +118,7 @@ def load_into(model: nn.Module, state: dict, source: str | Path) -> nn.Module:
 def model_config_from_dict(fields: dict) -> ModelConfig:
     """Checked ModelConfig from a plain dict (weights-file paths are dropped: nothing is loaded)."""
     fields = {k: v for k, v in dict(fields).items() if k not in ("init_weights", "spynet_weights", "edvr_weights")}
-    return from_dict({"model": fields}).model
+    return checked_model_config(fields)
 
 
 def read_model_config_metadata(path: str | Path) -> Optional[ModelConfig]:
@@ -113,8 +140,10 @@ def read_model_config_metadata(path: str | Path) -> Optional[ModelConfig]:
 
 
 def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
-    """Guess BasicVSR/IconVSR width and depth from BasicSR- or MMagic-style parameter names.
+    """Guess the model and its width and depth from BasicSR- or MMagic-style parameter names.
 
+    EDVR and BasicVSR++ are recognised by the rules in their model modules (``infer_edvr_fields``,
+    ``infer_basicvsrpp_fields``); BasicVSR / IconVSR as follows.
     ``num_feat`` is the output width of the backward trunk's first conv; ``num_block`` counts the
     residual blocks of that trunk; IconVSR is recognised by its EDVR keyframe extractor / fusion
     convs, and its ``temporal_padding`` from the width of EDVR's fusion conv (``keyframe_stride`` has
@@ -122,6 +151,10 @@ def infer_model_config(state: dict, where: str = "weights") -> ModelConfig:
     of either model.
     """
     state = strip_wrapper_prefixes(state)
+    for infer in (infer_edvr_fields, infer_basicvsrpp_fields):
+        fields = infer({mmagic_to_basicsr(k): v for k, v in state.items()})
+        if fields is not None:
+            return model_config_from_dict(fields)
     trunk = None
     for name in ("backward_trunk", "backward_resblocks"):  # BasicSR, MMagic
         if f"{name}.main.0.weight" in state:

@@ -11,7 +11,8 @@ Formats read by :func:`load_state` (detected from the file's first bytes, not it
 ``.pth`` files are read with ``torch.load(..., weights_only=True)`` only: a file that needs arbitrary
 pickled objects is refused with a clear error, never executed.
 
-MMagic's ``BasicVSRNet`` names differ from BasicSR's; :func:`mmagic_to_basicsr` renames them:
+MMagic's ``BasicVSRNet``, ``BasicVSRPlusPlusNet`` and ``EDVRNet`` names differ from BasicSR's;
+:func:`mmagic_to_basicsr` renames them:
 
 ==========================================================  ==========================================
 MMagic                                                      BasicSR (used by mgvsr)
@@ -19,10 +20,17 @@ MMagic                                                      BasicSR (used by mgv
 ``backward_resblocks.*`` / ``forward_resblocks.*``          ``backward_trunk.*`` / ``forward_trunk.*``
 ``upsample1.upsample_conv.*`` / ``upsample2.upsample_conv.*``  ``upconv1.*`` / ``upconv2.*``
 ``spynet.basic_module.<l>.basic_module.<j>.conv.*``         ``spynet.basic_module.<l>.basic_module.<2j>.*``
+EDVR: ``feat_l2_conv1.conv.*`` (and ``l2_conv2``, ``l3_conv{1,2}``)  ``conv_l2_1.*`` (``conv_l2_2``, ``conv_l3_{1,2}``)
+EDVR: ``pcd_alignment.*``                                   ``pcd_align.*``
+EDVR: ``<ConvModule>.conv.*`` in PCD / TSA (e.g.            ``<name>.*`` (e.g. ``pcd_align.offset_conv1.l3.*``,
+``pcd_alignment.offset_conv1.l3.conv.*``,                   ``fusion.feat_fusion.*``)
+``fusion.feat_fusion.conv.*``)
 ==========================================================  ==========================================
 
 ``fusion``, ``conv_hr``, ``conv_last``, ``spynet.mean`` / ``spynet.std`` and the residual blocks'
-``conv1`` / ``conv2`` have the same names in both. The rules are idempotent on BasicSR names.
+``conv1`` / ``conv2`` have the same names in both; BasicVSR++'s ``feat_extract``, ``deform_align``,
+``backbone`` and ``reconstruction`` too (only its upsampler and SPyNet are renamed). The rules are
+idempotent on BasicSR names.
 """
 
 from __future__ import annotations
@@ -63,12 +71,25 @@ _MMAGIC_RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^(backward|forward)_resblocks\."), r"\1_trunk."),
     (re.compile(r"^upsample([12])\.upsample_conv\."), r"upconv\1."),
 ]
+# EDVRNet (MMagic): ConvModule wrappers add a ".conv." level; the pyramid convs and PCD are renamed.
+_MMAGIC_EDVR_RULES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^feat_l([23])_conv([12])\.conv\."), r"conv_l\1_\2."),
+    (re.compile(r"^pcd_alignment\."), "pcd_align."),
+    (
+        re.compile(
+            r"^(pcd_align\.(?:offset_conv[123]\.l[123]|feat_conv\.l[12]|cas_offset_conv[12])"
+            r"|fusion\.(?:feat_fusion|spatial_attn[1-4]|spatial_attn_l[123]|spatial_attn_add1))\.conv\."
+        ),
+        r"\1.",
+    ),
+]
 _MMAGIC_SPYNET = re.compile(r"(^|\.)basic_module\.(\d+)\.basic_module\.(\d+)\.conv\.")
 
 
 def mmagic_to_basicsr(name: str) -> str:
-    """Rename one MMagic BasicVSRNet parameter name to BasicSR's (other names pass through)."""
-    for pattern, repl in _MMAGIC_RULES:
+    """Rename one MMagic BasicVSRNet / BasicVSRPlusPlusNet / EDVRNet parameter name to BasicSR's
+    (other names pass through)."""
+    for pattern, repl in _MMAGIC_RULES + _MMAGIC_EDVR_RULES:
         name = pattern.sub(repl, name)
     return _MMAGIC_SPYNET.sub(
         lambda m: f"{m.group(1)}basic_module.{m.group(2)}.basic_module.{2 * int(m.group(3))}.", name
