@@ -83,7 +83,7 @@ def test_train_checkpoint_and_resume_errors_are_one_line(capsys, tmp_path, tiny_
 def test_diverged_run_is_one_line_with_exit_1(capsys, tmp_path, tiny_data, monkeypatch):
     import mgvsr.train as train_mod
 
-    monkeypatch.setattr(train_mod, "pixel_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(train_mod, "sr_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     assert main(_tiny_train_args(tiny_data, tmp_path, "train.max_bad_steps=1")) == 1
     _one_line_error(capsys, "train", "1 consecutive steps had a non-finite loss")
 

@@ -283,7 +283,7 @@ def test_sigint_saves_the_step_exits_0_and_resume_from_a_moved_root_is_bit_ident
 
     # The first SIGINT arrives during the 3rd step: that step finishes and is saved, and the command
     # returns 0 with a message instead of a traceback.
-    real_loss, calls = train_mod.pixel_loss, {"n": 0}
+    real_loss, calls = train_mod.sr_loss, {"n": 0}
 
     def loss_then_sigint(*args, **kwargs):
         calls["n"] += 1
@@ -291,7 +291,7 @@ def test_sigint_saves_the_step_exits_0_and_resume_from_a_moved_root_is_bit_ident
             os.kill(os.getpid(), signal.SIGINT)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "pixel_loss", loss_then_sigint)
+    monkeypatch.setattr(train_mod, "sr_loss", loss_then_sigint)
     stopped = write_config(tmp_path / "stopped.yaml", train_root, None, tmp_path / "stopped",
                            train={**train_cfg, "out_dir": str(tmp_path / "stopped")}, **sections)
     assert main(["train", str(stopped)]) == 0
@@ -303,7 +303,7 @@ def test_sigint_saves_the_step_exits_0_and_resume_from_a_moved_root_is_bit_ident
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
     # Moving the dataset does not block the resume, and the result is the uninterrupted run's.
-    monkeypatch.setattr(train_mod, "pixel_loss", real_loss)
+    monkeypatch.setattr(train_mod, "sr_loss", real_loss)
     moved = shutil.copytree(train_root, tmp_path / "moved_train")
     train_mod.train(load_config(stopped, ["train.resume=auto", f"data.train.root={moved}"]))
     _assert_same_weights(tmp_path / "full" / "t" / "weights" / "model.safetensors",
@@ -508,7 +508,7 @@ def test_fp16_overflow_is_left_to_the_scaler_and_non_finite_losses_stop_the_run(
 
     train_root, _ = data_dirs
     monkeypatch.setattr(train_mod, "autocast_context", lambda device, amp: contextlib.nullcontext())
-    real_loss, calls = train_mod.pixel_loss, {"n": 0}
+    real_loss, calls = train_mod.sr_loss, {"n": 0}
 
     def flaky_loss(*args, **kwargs):
         calls["n"] += 1
@@ -519,7 +519,7 @@ def test_fp16_overflow_is_left_to_the_scaler_and_non_finite_losses_stop_the_run(
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train_mod, "pixel_loss", flaky_loss)
+    monkeypatch.setattr(train_mod, "sr_loss", flaky_loss)
     cfg_path = write_config(tmp_path / "c.yaml", train_root, None, tmp_path / "runs", model=SMALL_MODEL,
                             schedule=SMALL_FIXED, optim={"lr": 1e-3, "fix_flow_iters": 0},
                             train={"name": "t", "out_dir": str(tmp_path / "runs"), "log_every": 1, "amp": "fp16",
