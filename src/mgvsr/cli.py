@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mgvsr.evaluate", "evaluate weights on REDS4 / Vid4 / Vimeo-90K-T / any dataset"),
     "upscale": ("mgvsr.upscale", "super-resolve a video file or frame folder"),
     "export": ("mgvsr.export", "convert weights between safetensors and BasicSR .pth layouts"),
-    "bench": ("mgvsr.bench", "side-by-side speed benchmark: fixed baseline vs multigrid"),
+    "bench": ("mgvsr.bench", "side-by-side speed benchmark of training variants (fixed vs multigrid, or named presets)"),
 }
 
 
