@@ -59,7 +59,6 @@ from projection import project_run  # noqa: E402  (benchmarks/ is not a package)
 
 from mgvsr.bench import machine_info  # noqa: E402
 from mgvsr.config import Config, load_config  # noqa: E402
-from mgvsr.data.io import write_png  # noqa: E402
 from mgvsr.losses import sr_loss  # noqa: E402
 from mgvsr.models import build_model  # noqa: E402
 from mgvsr.runtime import tune_allocator  # noqa: E402
@@ -349,6 +348,8 @@ def texture_clip(num_frames: int, height: int, width: int, rng: np.random.Genera
 
 def write_clips(root: Path, clips: int, frames: int, hr_hw: tuple[int, int], seed: int) -> Path:
     """``clips`` folders of PNG frames (mgvsr's ``frames`` layout; LR made by the loader)."""
+    from mgvsr.data.io import write_png  # PIL: only this stage needs it
+
     rng = np.random.default_rng(seed)
     for c in range(clips):
         for t, frame in enumerate(texture_clip(frames, *hr_hw, rng)):
