@@ -655,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     for stage, body in zip(STAGES, (stage_a, stage_b, stage_c, stage_d)):
         run_stage(stage, body)
     print(f"\nelapsed {budget.elapsed():.0f} s (budget {args.budget:.0f} s); results: {out_path}")
-    print(json.dumps({k: result[k] for k in ("device", "projection") if k in result}, indent=1))
+    print("== results (JSON)")
+    print(json.dumps(result, indent=1))
     return 0
 
 
