@@ -185,7 +185,7 @@ class StepTimer:
 
 
 def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    return "out of memory" in str(err).lower()
 
 
 def measure(timer: StepTimer, shape: Shape, warmup: int, repeat: int, deadline: float, fair_share_s: float) -> dict:
@@ -195,6 +195,7 @@ def measure(timer: StepTimer, shape: Shape, warmup: int, repeat: int, deadline: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.monotonic()
+    oom = False
     try:
         lr, hr = timer.inputs(shape)
         last = 0.0
@@ -209,9 +210,12 @@ def measure(timer: StepTimer, shape: Shape, warmup: int, repeat: int, deadline: 
             if i == 0 and now + estimate > deadline:
                 return {"skipped": "no time left for a timed step after the warm-up"}
             times.append(timer.step(lr, hr))
-    except (RuntimeError, torch.OutOfMemoryError) as err:
+    except RuntimeError as err:  # torch's OutOfMemoryError is a RuntimeError (in every version)
         if not is_oom(err):
             raise
+        oom = True
+    if oom:  # outside the handler, so the traceback's tensors are gone before the cache is emptied
+        lr = hr = None
         timer.opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
