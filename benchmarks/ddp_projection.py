@@ -42,6 +42,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import re
 import shlex
 import socket
@@ -98,6 +99,7 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         times: dict[int, list[float]] = {}
