@@ -99,7 +99,8 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are on this machine
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         times: dict[int, list[float]] = {}
