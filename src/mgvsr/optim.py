@@ -42,7 +42,8 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Adam:
 
 def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step()`` honours a ``found_inf`` tensor (the fused implementations do)."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        group.get("fused") for group in optimizer.param_groups)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:

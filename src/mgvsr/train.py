@@ -235,8 +235,8 @@ class Progress:
         if read:
             start = time.perf_counter()
             loss, grad_norm, this_bad, new_bad, streak = torch.stack([
-                result.loss.detach().double(), result.grad_norm.double(), bad.double(),
-                self._new_bad.double(), self._streak.double(),
+                result.loss.detach().float(), result.grad_norm.float(), bad.float(),
+                self._new_bad.float(), self._streak.float(),
             ]).tolist()
             result.seconds += time.perf_counter() - start
             values = StepValues(loss, grad_norm, bool(this_bad), int(new_bad))
@@ -422,10 +422,12 @@ def restore(state: dict, path: Path, cfg: Config, learner: Learner, dist: DistIn
     check_resumable(state, cfg, path)
     learner.model.load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])
-    # base_lr comes from this config (lr scaling may differ), the moments from the checkpoint
+    # base_lr comes from this config (lr scaling may differ), and so does the implementation (fused /
+    # foreach: a checkpoint written before fused Adam has neither set); the moments from the checkpoint.
     fresh = make_optimizer(learner.model, cfg.optim)
     for group, fresh_group in zip(learner.optimizer.param_groups, fresh.param_groups):
-        group["base_lr"] = fresh_group["base_lr"]
+        for key in ("base_lr", "fused", "foreach"):
+            group[key] = fresh_group[key]
     if learner.ema is not None:
         # A checkpoint written without EMA starts the average from the resumed weights.
         learner.ema.load_state_dict(state["ema"] if state.get("ema") is not None else learner.model.state_dict())
