@@ -79,8 +79,8 @@ def test_flow_warp_keeps_the_layout_and_samples_in_float32_under_bf16_autocast()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = flow_warp(feat.bfloat16(), flow)
     assert low.dtype == torch.bfloat16
-    # Only the features' own rounding remains: the positions are exact (a bf16 grid is off by up to
-    # 1/8 px here, which on this texture costs far more than bf16's relative 2^-9).
+    # Only the features' own rounding remains: the positions are those of the float32 grid (a bf16 grid
+    # would be off by up to 1/16 px here).
     expected = flow_warp(feat.bfloat16().float(), flow).bfloat16()
     assert torch.equal(low, expected)
 

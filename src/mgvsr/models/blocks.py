@@ -78,8 +78,8 @@ def flow_warp(
 
     Mixed precision: the grid is built and sampled in float32 (float64 for float64 inputs) whatever
     the autocast state, and the result is returned in ``x``'s dtype. A bfloat16 grid has 8
-    significant bits: sampling positions would be off by up to 1/4 pixel on a 64-pixel patch and 1
-    pixel on a 320-pixel frame (measured in docs/performance.md). The result keeps ``x``'s
+    significant bits: sampling positions would be off by up to 1/16 pixel on a 64-pixel patch, 1/3
+    pixel on a 320-pixel frame and over a pixel at 1280 (docs/performance.md). The result keeps ``x``'s
     channels_last layout (grid_sample itself returns a contiguous tensor).
     """
     if x.shape[-2:] != flow.shape[1:3] or flow.shape[-1] != 2 or flow.shape[0] != x.shape[0]:

@@ -88,8 +88,8 @@ def modulated_deform_conv2d(
     # grid_sample with align_corners=False maps pixel p to (2p + 1) / size - 1; zeros padding gives
     # exactly the "outside corners contribute zero" rule of the reference kernels.
     grid = torch.stack(((2 * pos_x + 1) / w - 1, (2 * pos_y + 1) / h - 1), dim=-1)
-    # The grid stays in float32 under autocast (a bfloat16 grid misplaces taps by up to 1/4 pixel on a
-    # 64-pixel input, see flow_warp); sampling runs in float32, the result in x's dtype.
+    # The grid stays in float32 under autocast (a bfloat16 grid misplaces taps by up to 1/3 pixel on a
+    # 320-pixel input, see flow_warp); sampling runs in float32, the result in x's dtype.
     grid = grid.view(n * dg, taps * h_out, w_out, 2)
     with fp32_region(x):
         sampled = F.grid_sample(
