@@ -4,7 +4,6 @@ the foreach EMA, the non-finite skip without host reads, and exact resume with t
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 from pathlib import Path
