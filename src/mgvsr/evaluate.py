@@ -22,7 +22,6 @@ from mgvsr.evaluation import (
     PROTOCOLS,
     EvalError,
     EvalResult,
-    InferenceError,
     InferenceOptions,
     Protocol,
     Upscaler,
@@ -104,12 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgvsr.models.weights import WeightsError
-    from mgvsr.runtime import DeviceError
-
     try:
         return _run(args)
-    except (EvalError, InferenceError, WeightsError, DeviceError, FileNotFoundError) as err:
+    except FileNotFoundError as err:  # project errors (MgvsrError) are reported by cli.main
         print(f"mgvsr eval: error: {err}", file=sys.stderr)
         return 2
 

@@ -91,14 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgvsr.config import ConfigError
-    from mgvsr.models.weights import WeightsError
-
     try:
         out = export_weights(
             args.weights, args.out, args.to, not args.no_ema, args.model, args.num_feat, args.num_block
         )
-    except (ExportError, WeightsError, ConfigError, OSError) as err:
+    except OSError as err:  # project errors (MgvsrError) are reported by cli.main
         print(f"mgvsr export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({args.to})")

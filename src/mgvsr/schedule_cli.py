@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from mgvsr.config import Config, ConfigError, load_config
+from mgvsr.config import Config, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,11 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.world_size < 1:
         print(f"mgvsr schedule: --world-size must be >= 1, got {args.world_size}", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"mgvsr schedule: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is reported by cli.main
     if args.cost == "flops":
         print(
             f"counting FLOPs of {cfg.model.name} (num_feat {cfg.model.num_feat}, num_block "

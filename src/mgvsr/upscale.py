@@ -31,7 +31,7 @@ from torch import nn
 from mgvsr.data.io import IMAGE_EXTS, DataError, VideoEncoder, iter_video_frames, natural_key, read_image, write_png
 from mgvsr.data.io import VIDEO_EXTS as READABLE_VIDEO_EXTS
 from mgvsr.errors import MgvsrError
-from mgvsr.evaluation.runner import InferenceError, InferenceOptions, add_model_arguments, stream_frames
+from mgvsr.evaluation.runner import InferenceOptions, add_model_arguments, stream_frames
 
 # Containers we write H.264 into; other video extensions (e.g. .webm) are refused as output.
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".m4v")
@@ -367,20 +367,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mgvsr.models.loading import build_for_inference
-    from mgvsr.models.weights import WeightsError
-    from mgvsr.runtime import DeviceError, resolve_device
+    from mgvsr.runtime import resolve_device
 
-    try:
-        opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp)
-        opts.check()
-        # Probe input and output before the (slow) model build, so mistakes fail fast.
-        open_source(args.input, args.fps)
-        _check_output(Path(args.output), args.overwrite)
-        model, cfg = build_for_inference(args.weights, resolve_device(args.device), args.model, args.num_feat, args.num_block)
-        report = upscale(args.input, args.output, model, opts, args.crf, args.fps, args.overwrite, not args.no_progress)
-    except (UpscaleError, InferenceError, WeightsError, DeviceError) as err:
-        print(f"mgvsr upscale: error: {err}", file=sys.stderr)
-        return 2
+    opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp)
+    opts.check()
+    # Probe input and output before the (slow) model build, so mistakes fail fast.
+    open_source(args.input, args.fps)
+    _check_output(Path(args.output), args.overwrite)
+    model, cfg = build_for_inference(args.weights, resolve_device(args.device), args.model, args.num_feat, args.num_block)
+    report = upscale(args.input, args.output, model, opts, args.crf, args.fps, args.overwrite, not args.no_progress)
     rate = report.frames / report.seconds if report.seconds > 0 else float("nan")
     print(
         f"wrote {report.output}: {report.frames} frames at {float(report.fps):g} fps, audio {report.audio} "

@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,29 +272,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.cache:
-            from mgvsr.config import DatasetConfig
-            from mgvsr.data.build import build_source, cache_origin
-            from mgvsr.data.cache import write_cache
+    if args.cache:
+        from mgvsr.config import DatasetConfig
+        from mgvsr.data.build import build_source, cache_origin
+        from mgvsr.data.cache import write_cache
 
-            if not args.kind or not args.root:
-                raise DataError("--cache needs --kind and --root (the dataset to pack)")
-            clip_len = args.clip_len if args.kind == "video" else 0
-            cfg = DatasetConfig(kind=args.kind, root=args.root, split=args.split, degradation=args.degradation,
-                                clip_len=clip_len, lr_source=args.lr_source, gt_lmdb=args.gt_lmdb,
-                                lq_lmdb=args.lq_lmdb)
-            source = build_source(cfg, args.scale)
-            write_cache(source, Path(args.cache), cache_origin(cfg, args.scale), progress=True)
-            print(f"packed {len(source)} clips of {source.description} into {args.cache}")
-            return 0
-        if not args.source or not args.out:
-            raise DataError("give a video file/folder and --out DIR (or --cache DIR --kind K --root R)")
-        prepare_videos(Path(args.source), Path(args.out), clip_len=args.clip_len, every=args.every,
-                       hr_size=args.hr_size, val_clips=args.val_clips, lr=args.lr, codec=args.codec, crf=args.crf,
-                       scale=args.scale, max_cut_change=args.max_cut_change, min_detail=args.min_detail,
-                       max_frames=args.max_frames, credit=args.credit)
+        if not args.kind or not args.root:
+            raise DataError("--cache needs --kind and --root (the dataset to pack)")
+        clip_len = args.clip_len if args.kind == "video" else 0
+        cfg = DatasetConfig(kind=args.kind, root=args.root, split=args.split, degradation=args.degradation,
+                            clip_len=clip_len, lr_source=args.lr_source, gt_lmdb=args.gt_lmdb,
+                            lq_lmdb=args.lq_lmdb)
+        source = build_source(cfg, args.scale)
+        write_cache(source, Path(args.cache), cache_origin(cfg, args.scale), progress=True)
+        print(f"packed {len(source)} clips of {source.description} into {args.cache}")
         return 0
-    except DataError as err:
-        print(f"mgvsr prepare: error: {err}", file=sys.stderr)
-        return 2
+    if not args.source or not args.out:
+        raise DataError("give a video file/folder and --out DIR (or --cache DIR --kind K --root R)")
+    prepare_videos(Path(args.source), Path(args.out), clip_len=args.clip_len, every=args.every,
+                   hr_size=args.hr_size, val_clips=args.val_clips, lr=args.lr, codec=args.codec, crf=args.crf,
+                   scale=args.scale, max_cut_change=args.max_cut_change, min_detail=args.min_detail,
+                   max_frames=args.max_frames, credit=args.credit)
+    return 0
