@@ -1,0 +1,139 @@
+"""benchmarks/gpu_check.py: the tiny CPU run writes a complete, self-consistent JSON; the time budget
+skips and shortens what does not fit and says so."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gc():
+    return _load("gpu_check")
+
+
+def test_tiny_run_on_cpu(gc, tmp_path, capsys):
+    """Every stage at toy sizes: step times of every schedule shape in the three modes, the scaled-batch
+    shapes, a projection that matches its own step times, and a 2-iteration basicsr-vs-fast bench."""
+    out = tmp_path / "check.json"
+    assert gc.main(["--tiny", "--device", "cpu", "--json", str(out), "--bench-threads", "1"]) == 0
+    data = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert data["format"] == gc.FORMAT and data["device"] == "cpu" and data["settings"]["tiny"]
+    assert json.loads(printed.split("== results (JSON)\n")[1]) == data  # the JSON is printed too
+
+    full = tuple(data["settings"]["full_shape"])
+    assert full == (4, 16, 2) and len(data["shapes"]) == 9 and list(full) in data["shapes"]
+    for mode in ("fp32", "bf16", "bf16_cl"):
+        for shape in data["shapes"]:
+            entry = data["step_times"][mode][gc.key(tuple(shape))]
+            assert entry["median_s"] > 0 and entry["n"] == 1 and entry["min_s"] <= entry["median_s"] <= entry["max_s"]
+    for mode in ("fp32", "bf16_cl"):  # the batch sweep at the full shape
+        assert data["step_times"][mode]["T4_p16_b4"]["median_s"] > 0
+    scaled_shapes = [tuple(s) for s in data["scaled_batch_shapes"]]
+    assert scaled_shapes and all(b > full[2] and b <= 8 for _, _, b in scaled_shapes)
+    assert all(data["scaled_batch_step_times"]["bf16"][gc.key(s)]["median_s"] > 0 for s in scaled_shapes)
+
+    # The projection is sum(iterations x step time) over the schedule table in the same file.
+    for mode in ("fp32", "bf16", "bf16_cl"):
+        times = {**data["step_times"][mode], **data["scaled_batch_step_times"][mode]}
+        for name in ("multigrid", "multigrid_scaled_batch"):
+            proj = data["projection"][mode][name]
+            table = data["schedule"][name]
+            assert sum(p["iters"] for p in table) == data["settings"]["total_iters"]
+            run = sum(p["iters"] * times[f"T{p['T']}_p{p['patch']}_b{p['batch']}"]["median_s"] for p in table)
+            assert proj["run_s"] == pytest.approx(run, rel=1e-9)
+            assert proj["fixed_s"] == pytest.approx(data["settings"]["total_iters"] * times[gc.key(full)]["median_s"])
+            assert proj["speedup"] == pytest.approx(proj["fixed_s"] / proj["run_s"])
+            assert proj["speedup_vs_basicsr"] == pytest.approx(
+                data["projection"]["fp32"]["multigrid"]["fixed_s"] / proj["run_s"])
+        assert data["projection"][mode]["multigrid"]["flop_ratio"] > 1  # SPyNet (resizing to 32 px) dominates a toy model
+        # Without batch scaling every phase has the full batch: equal iterations = equal samples.
+        plain = data["projection"][mode]["multigrid"]
+        assert plain["run_equal_samples_s"] == pytest.approx(plain["run_s"])
+    assert data["projection"]["fp32"]["multigrid"]["speedup_vs_basicsr"] == pytest.approx(
+        data["projection"]["fp32"]["multigrid"]["speedup"])
+
+    sbs = data["side_by_side"]
+    assert "error" not in sbs and "skipped" not in sbs, sbs
+    assert sbs["iters"] == 2 and [r["variant"] for r in sbs["runs"]] == ["basicsr", "fast"]
+    for r in sbs["runs"]:
+        assert r["train_time_s"] > 0 and math.isfinite(r["val_psnr_y"]) and r["val_psnr_y"] > 10
+    assert sbs["config"]["model"]["num_feat"] == 4 and "basicsr" in sbs["table"]
+    assert not Path(sbs["work_dir"].split(" ")[0]).exists()  # cleaned up
+
+    for stage in gc.STAGES:
+        assert data["budget"]["stages"][stage]["used_s"] >= 0 and "error" not in data["budget"]["stages"][stage]
+    assert 0 < data["budget"]["elapsed_s"] <= data["budget"]["total_s"]
+
+    # ddp_projection reads this file (shapes at another batch are scaled by the full shape's batch curve).
+    ddp = _load("ddp_projection")
+    proj_out = tmp_path / "ddp.json"
+    assert ddp.main(["--steps", str(out), "--mode", "bf16_cl", "--no-measure", "--gloo-latency-us", "50",
+                     "--gloo-busbw-gbs", "1", "--numel", "1000", "--json", str(proj_out), *gc.TINY_OVERRIDES]) == 0
+    rows = json.loads(proj_out.read_text())["projection"]["large_minibatch"]["gloo"]["rows"]
+    assert [r["per_device_batch"] for r in rows] == [8, 4, 2, 1]
+
+
+def test_no_time_left_skips_every_stage_and_says_so(gc, tmp_path):
+    out = tmp_path / "check.json"
+    assert gc.main(["--tiny", "--device", "cpu", "--json", str(out), "--budget", "0"]) == 0
+    data = json.loads(out.read_text())
+    assert all("skipped" in r for r in data["step_times"]["fp32"].values())
+    assert any("time budget" in n for n in data["budget"]["stages"]["step_times"]["notes"])
+    assert data["projection"]["fp32"]["multigrid"]["error"].startswith("no step time for")
+    assert "time budget" in data["side_by_side"]["skipped"]
+
+
+class _FakeTimer:
+    """Stands in for StepTimer: every step 'takes' ``seconds`` (reported, not slept)."""
+
+    def __init__(self, seconds=1.0, fail=None):
+        import torch
+
+        self.device, self.seconds, self.fail, self.calls = torch.device("cpu"), seconds, fail, 0
+        self.opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+    def inputs(self, shape):
+        return None, None
+
+    def step(self, lr, hr):
+        self.calls += 1
+        if self.fail:
+            raise self.fail
+        return self.seconds
+
+
+def test_measure_shortens_to_its_fair_share_and_reports_oom(gc):
+    timer = _FakeTimer(seconds=1.0)
+    r = gc.measure(timer, (2, 16, 1), warmup=1, repeat=5, deadline=float("inf"), fair_share_s=0.5)
+    assert r["n"] == 1 and r["median_s"] == 1.0 and "1 of 5" in r["shortened"] and timer.calls == 2
+    full = gc.measure(_FakeTimer(0.0), (2, 16, 1), warmup=0, repeat=5, deadline=float("inf"), fair_share_s=10)
+    assert full["n"] == 5 and "shortened" not in full
+    assert gc.measure(_FakeTimer(fail=RuntimeError("CUDA out of memory. Tried to allocate")), (2, 16, 1), 1, 3,
+                      float("inf"), 10) == {"error": "out of memory"}
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        gc.measure(_FakeTimer(fail=RuntimeError("shape mismatch")), (2, 16, 1), 1, 3, float("inf"), 10)
+
+
+def test_channels_last_clip_keeps_values(gc):
+    import torch
+
+    x = torch.rand(2, 3, 3, 5, 7)
+    y = gc.channels_last_clip(x)
+    assert torch.equal(x, y) and y.permute(0, 1, 3, 4, 2).is_contiguous() and not y.is_contiguous()
