@@ -27,30 +27,38 @@ def gc():
     return _load("gpu_check")
 
 
-def test_tiny_run_on_cpu(gc, tmp_path, capsys):
-    """Every stage at toy sizes: step times of every schedule shape in the three modes, the scaled-batch
-    shapes, a projection that matches its own step times, and a 2-iteration basicsr-vs-fast bench."""
+def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
+    """Every stage at toy sizes on a device without native bf16: fp32 step times of every schedule shape,
+    the bf16 modes recorded as skipped, the scaled-batch shapes, a projection that matches its own step
+    times, and a 2-iteration basicsr-vs-fast bench (mgvsr bench's presets)."""
+    monkeypatch.setattr(gc, "bf16_is_native", lambda device: False)  # the same on every CPU
     out = tmp_path / "check.json"
-    assert gc.main(["--tiny", "--device", "cpu", "--json", str(out), "--bench-threads", "1"]) == 0
+    assert gc.main(["--tiny", "--device", "cpu", "--json", str(out), "--bench-threads", "1", "--warmup", "0"]) == 0
     data = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert data["format"] == gc.FORMAT and data["device"] == "cpu" and data["settings"]["tiny"]
     assert json.loads(printed.split("== results (JSON)\n")[1]) == data  # the JSON is printed too
+    assert "== summary" in printed and data["failures"] == []
 
+    # Tiny schedule: LR patches 16 -> 24 x T 2 -> 4 at batch 2; the full shape is the last phase's.
     full = tuple(data["settings"]["full_shape"])
-    assert full == (4, 16, 2) and len(data["shapes"]) == 9 and list(full) in data["shapes"]
-    for mode in ("fp32", "bf16", "bf16_cl"):
-        for shape in data["shapes"]:
-            entry = data["step_times"][mode][gc.key(tuple(shape))]
-            assert entry["median_s"] > 0 and entry["n"] == 1 and entry["min_s"] <= entry["median_s"] <= entry["max_s"]
-    for mode in ("fp32", "bf16_cl"):  # the batch sweep at the full shape
-        assert data["step_times"][mode]["T4_p16_b4"]["median_s"] > 0
+    assert full == (4, 24, 2) and data["shapes"] == [[2, 16, 2], [4, 16, 2], [2, 24, 2], [4, 24, 2]]
+    for shape in data["shapes"]:
+        entry = data["step_times"]["fp32"][gc.key(tuple(shape))]
+        assert entry["median_s"] > 0 and entry["n"] == 1 and entry["min_s"] <= entry["median_s"] <= entry["max_s"]
+    assert data["step_times"]["fp32"]["T4_p24_b4"]["median_s"] > 0  # the batch sweep at the full shape
+    assert data["settings"]["bf16"] == {"native": False, "forced": False, "skipped_modes": ["bf16", "bf16_cl"],
+                                        "reason": "bf16 not native on this device"}
     scaled_shapes = [tuple(s) for s in data["scaled_batch_shapes"]]
-    assert scaled_shapes and all(b > full[2] and b <= 8 for _, _, b in scaled_shapes)
-    assert all(data["scaled_batch_step_times"]["bf16"][gc.key(s)]["median_s"] > 0 for s in scaled_shapes)
+    assert scaled_shapes == [(2, 16, 8), (4, 16, 4), (2, 24, 4)]  # Wu et al.: batch x (full pixels / pixels), <= 8
+    for mode in ("bf16", "bf16_cl"):
+        for table, shapes in (("step_times", data["shapes"] + data["sweep_shapes"]), ("scaled_batch_step_times", scaled_shapes)):
+            assert all(data[table][mode][gc.key(tuple(s))] == {"skipped": "bf16 not native on this device"} for s in shapes)
+        assert data["projection"][mode]["multigrid"] == {"skipped": "bf16 not native on this device"}
+    assert all(data["scaled_batch_step_times"]["fp32"][gc.key(s)]["median_s"] > 0 for s in scaled_shapes)
 
     # The projection is sum(iterations x step time) over the schedule table in the same file.
-    for mode in ("fp32", "bf16", "bf16_cl"):
+    for mode in ("fp32",):
         times = {**data["step_times"][mode], **data["scaled_batch_step_times"][mode]}
         for name in ("multigrid", "multigrid_scaled_batch"):
             proj = data["projection"][mode][name]
@@ -75,6 +83,7 @@ def test_tiny_run_on_cpu(gc, tmp_path, capsys):
     for r in sbs["runs"]:
         assert r["train_time_s"] > 0 and math.isfinite(r["val_psnr_y"]) and r["val_psnr_y"] > 10
     assert sbs["config"]["model"]["num_feat"] == 4 and "basicsr" in sbs["table"]
+    assert sbs["config"]["schedule"]["spatial_stages"] == [16, 24]
     assert not Path(sbs["work_dir"].split(" ")[0]).exists()  # cleaned up
 
     for stage in gc.STAGES:
@@ -84,10 +93,29 @@ def test_tiny_run_on_cpu(gc, tmp_path, capsys):
     # ddp_projection reads this file (shapes at another batch are scaled by the full shape's batch curve).
     ddp = _load("ddp_projection")
     proj_out = tmp_path / "ddp.json"
-    assert ddp.main(["--steps", str(out), "--mode", "bf16_cl", "--no-measure", "--gloo-latency-us", "50",
+    assert ddp.main(["--steps", str(out), "--mode", "fp32", "--no-measure", "--gloo-latency-us", "50",
                      "--gloo-busbw-gbs", "1", "--numel", "1000", "--json", str(proj_out), *gc.TINY_OVERRIDES]) == 0
     rows = json.loads(proj_out.read_text())["projection"]["large_minibatch"]["gloo"]["rows"]
     assert [r["per_device_batch"] for r in rows] == [8, 4, 2, 1]
+
+
+def test_force_bf16_times_the_bf16_modes(gc, tmp_path, monkeypatch):
+    """--force-bf16 times bf16 and bf16 + channels_last even where bf16 is emulated (one minimal shape:
+    emulated bf16 is slow) and projects them like fp32."""
+    monkeypatch.setattr(gc, "bf16_is_native", lambda device: False)
+    out = tmp_path / "bf16.json"
+    minimal = ["model.num_feat=4", "model.head_feat=4", "schedule.num_frames=2", "schedule.patch_size=16",
+               "schedule.spatial_stages=[16]", "schedule.temporal_fractions=[1.0]", "schedule.batch_size=1",
+               "schedule.max_batch=1"]
+    assert gc.main(["--tiny", "--device", "cpu", "--json", str(out), "--force-bf16", "--warmup", "0",
+                    "--sweep-batches", "", "--stages", "step_times,projection", *minimal]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["bf16"]["forced"] and not data["settings"]["bf16"]["skipped_modes"]
+    assert data["shapes"] == [[2, 16, 1]]
+    for mode in ("fp32", "bf16", "bf16_cl"):
+        assert data["step_times"][mode]["T2_p16_b1"]["median_s"] > 0
+        assert data["projection"][mode]["multigrid"]["speedup"] == pytest.approx(1.0)  # one shape: no gain
+    assert data["budget"]["stages"]["side_by_side"]["skipped"] == "not selected (--stages)"
 
 
 def test_no_time_left_skips_every_stage_and_says_so(gc, tmp_path):
