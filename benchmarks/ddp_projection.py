@@ -124,23 +124,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure_gloo(numel: int, repeat: int, world: int = 2) -> dict:
+def measure_gloo(numel: int, repeat: int, world: int = 2, timeout_s: float = 300.0) -> dict:
     """Median seconds of a gloo all-reduce of ``numel`` and ``numel // 4`` fp32 elements among
-    ``world`` local processes (per repeat the slowest rank counts), and the ring model fitted to them."""
+    ``world`` local processes (per repeat the slowest rank counts), and the ring model fitted to them.
+    A worker that dies (or a measurement past ``timeout_s``) is an error, not a hang."""
+    import queue as queue_mod
+
     import torch.multiprocessing as mp
 
     sizes = sorted({max(1, numel // 4), numel})
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_allreduce_worker, args=(r, world, port, sizes, repeat, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_allreduce_worker, args=(r, world, port, sizes, repeat, results)) for r in range(world)]
     for p in procs:
         p.start()
-    per_rank = dict(queue.get() for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        if p.exitcode != 0:
-            raise RuntimeError(f"gloo all-reduce worker exited with {p.exitcode}")
+    per_rank: dict = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(per_rank) < world:
+            try:
+                rank, times = results.get(timeout=1.0)
+                per_rank[rank] = times
+            except queue_mod.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"gloo all-reduce worker exited with {dead[0]}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gloo all-reduce measurement took over {timeout_s:.0f} s") from None
+        for p in procs:
+            p.join(timeout=60)
+            if p.exitcode != 0:
+                raise RuntimeError(f"gloo all-reduce worker exited with {p.exitcode}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
     medians = {n: statistics.median(max(ts) for ts in zip(*(per_rank[r][n] for r in per_rank))) for n in sizes}
     alpha, busbw = fit_ring([4.0 * n for n in sizes], [medians[n] for n in sizes])
     return {"backend": "gloo", "world": world, "repeat": repeat, "threads_per_process": 1,

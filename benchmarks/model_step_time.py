@@ -8,7 +8,8 @@ shape, one training step (forward, the training loss ``mgvsr.losses.sr_loss`` ag
 backward, Adam step) is timed ``--repeat`` times after one warm-up step; the median is reported. Works for
 every model (EDVR's windows and centre-frame loss included). From the medians it projects the whole
 run's time, ``sum(iterations of phase x median step time of its shape)``, against the fixed baseline,
-``total_iters x median at the full shape``, and prints that projected speedup next to the FLOP ratio of
+``total_iters x median at the full shape`` (``benchmarks/projection.py``'s :func:`project_run`, shared with
+``gpu_check.py`` and ``ddp_projection.py``), and prints that projected speedup next to the FLOP ratio of
 the schedule (``mgvsr.flops``; skip with ``--no-flops``).
 
 Pretrained-weight paths in the config are ignored (random weights time the same). Prints the command,
@@ -29,13 +30,15 @@ from pathlib import Path
 
 import torch
 
-from mgvsr.bench import machine_info
-from mgvsr.config import Config, load_config
-from mgvsr.runtime import autocast_context
-from mgvsr.losses import sr_loss
-from mgvsr.models import build_model
-from mgvsr.runtime import tune_allocator
-from mgvsr.schedule import phases
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from projection import project_run  # noqa: E402  (benchmarks/ is not a package)
+
+from mgvsr.bench import machine_info  # noqa: E402
+from mgvsr.config import Config, load_config  # noqa: E402
+from mgvsr.losses import sr_loss  # noqa: E402
+from mgvsr.models import build_model  # noqa: E402
+from mgvsr.runtime import autocast_context, tune_allocator  # noqa: E402
+from mgvsr.schedule import phases  # noqa: E402
 
 
 def _model_without_weights(cfg: Config):
@@ -81,8 +84,9 @@ def measure(cfg: Config, amps: list[str], repeat: int, device: torch.device, cha
     table = phases(cfg)
     full = (s.num_frames, s.patch_size, s.batch_size)
     shapes = sorted({(p.num_frames, p.patch_size, p.batch_size) for p in table} | {full})
+    weightless = dataclasses.replace(cfg, model=_model_without_weights(cfg))
     torch.manual_seed(0)
-    model = build_model(_model_without_weights(cfg)).to(device).train()
+    model = build_model(weightless.model).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     result: dict = {"shapes": [list(x) for x in shapes], "amp": {}}
@@ -93,21 +97,15 @@ def measure(cfg: Config, amps: list[str], repeat: int, device: torch.device, cha
             medians[shape] = statistics.median(times)
             print(f"{amp:>5} T={shape[0]:>3} patch={shape[1]:>4} batch={shape[2]:>3}  median {medians[shape]:8.3f} s"
                   f"  (min {min(times):.3f}, max {max(times):.3f}, {len(times)} steps)", flush=True)
-        run = sum(p.iters * medians[(p.num_frames, p.patch_size, p.batch_size)] for p in table)
-        fixed = s.total_iters * medians[full]
+        projected = project_run(weightless, lambda t, p, b: medians[(t, p, b)], with_flops=with_flops)
         result["amp"][amp] = {
             "median_step_s": {f"T{t}_p{p}_b{b}": v for (t, p, b), v in medians.items()},
-            "projected_run_s": run,
-            "projected_fixed_s": fixed,
-            "projected_speedup": fixed / run,
+            "projected_run_s": projected["run_s"],
+            "projected_fixed_s": projected["fixed_s"],
+            "projected_speedup": projected["speedup"],
         }
-    if with_flops:
-        from mgvsr.flops import train_flops
-
-        model_cfg = _model_without_weights(cfg)
-        run_flops = sum(p.iters * train_flops(model_cfg, p.num_frames, p.patch_size, p.batch_size) for p in table)
-        fixed_flops = s.total_iters * train_flops(model_cfg, *full)
-        result["flop_ratio"] = fixed_flops / run_flops
+        if "flop_ratio" in projected:  # the same for every amp (FLOPs do not depend on the precision)
+            result["flop_ratio"] = projected["flop_ratio"]
     return result
 
 
