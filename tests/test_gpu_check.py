@@ -167,3 +167,31 @@ def test_channels_last_clip_keeps_values(gc):
     x = torch.rand(2, 3, 3, 5, 7)
     y = gc.channels_last_clip(x)
     assert torch.equal(x, y) and y.permute(0, 1, 3, 4, 2).is_contiguous() and not y.is_contiguous()
+
+
+def test_a_failed_stage_exits_non_zero_and_keeps_the_others(gc, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("bench exploded")
+
+    monkeypatch.setattr(gc, "side_by_side", broken)
+    out = tmp_path / "check.json"
+    assert gc.main(["--tiny", "--device", "cpu", "--json", str(out), "--budget-s", "0"]) == 1
+    data = json.loads(out.read_text())
+    assert data["failures"] == ["side_by_side: RuntimeError: bench exploded"]
+    assert "error" not in data["budget"]["stages"]["step_times"] and "projection" in data
+
+
+def test_shell_script_picks_the_cpu_scale_without_cuda(tmp_path):
+    """gpu_check.sh without a GPU: adds --tiny --device cpu, says so, passes the other flags through."""
+    import os
+    import subprocess
+
+    out = tmp_path / "sh.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--out", str(out), "--budget-s", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "running the CPU scale" in proc.stdout and "gpu_check.py --tiny --device cpu --out" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["settings"]["tiny"] and data["device"] == "cpu" and data["budget"]["total_s"] == 0
