@@ -1,6 +1,6 @@
 """GPU-ready check: step times, whole-run projection and a short side-by-side run, in one timed pass.
 
-    benchmarks/gpu_check.sh [--tiny] [--json PATH] [--budget SECONDS] [--bench-seconds S] [...]
+    benchmarks/gpu_check.sh [--tiny] [--out PATH] [--budget-s SECONDS] [--force-bf16] [--bench-seconds S] [...]
     python benchmarks/gpu_check.py  (the same flags; the shell script only prepares the environment)
 
 Four stages, each with its own time budget (``--stage-budgets``), in this order:
@@ -29,8 +29,8 @@ bf16 is timed only where it runs in hardware (``mgvsr.runtime.bf16_is_native``: 
 with AVX512-BF16/AMX); elsewhere autocast emulates it, tens of times slower than fp32, so the bf16 rows
 are recorded as skipped ("bf16 not native on this device") unless ``--force-bf16`` is given.
 
-``--budget-s`` (default 420 s) is a hard limit for the whole check: every stage checks the clock: a measurement that would overrun its stage's deadline is shortened
-(fewer timed steps) or skipped, and the JSON says which (``budget``). A stage may use the time earlier
+``--budget-s`` (default 420 s) limits the whole check. Every stage checks the clock: a measurement
+that would overrun its stage's deadline is shortened (fewer timed steps) or skipped, and the JSON says which (``budget``). A stage may use the time earlier
 stages left over, never the time reserved for the stages after it. ``--tiny`` runs everything at toy
 sizes on any device (the test suite runs it on the CPU). The JSON goes to ``--json``, else
 ``$OUT/gpu_check_<device>_<date>.json`` when ``$OUT`` is set, else ``docs/results/``; it is rewritten
@@ -85,7 +85,6 @@ STAGES = ("step_times", "scaled_batch", "projection", "side_by_side")
 DEFAULT_STAGE_BUDGETS = {"step_times": 140.0, "scaled_batch": 70.0, "projection": 10.0, "side_by_side": 200.0}
 # The issue's 8 minutes (480 s), less a margin for start-up, the bench's SIGTERM grace (15 s) and writing.
 DEFAULT_BUDGET_S = 420.0
-# --tiny: toy model and shapes (any device, seconds); the schedule's structure is kept.
 # --tiny: toy model and shapes (any device, seconds on a CPU); the schedule's structure (spatial stages
 # x temporal fractions, batch scaling) is kept at the config's minimum sizes (patches >= 16).
 TINY_OVERRIDES = ["model.num_feat=8", "model.num_block=1", "model.head_feat=8", "schedule.num_frames=4",
@@ -476,7 +475,7 @@ def run_bench(cmd: list[str], env: dict, timeout_s: float) -> tuple[int | None, 
 
 def side_by_side(args: argparse.Namespace, budget: Budget, device: torch.device, train_device: str | None,
                  result: dict) -> None:
-    """``mgvsr bench --preset basicsr,<args.bench_presets>`` on generated clips; fills ``result`` as it goes."""
+    """``mgvsr bench --preset basicsr,<args.bench_preset>`` on generated clips; fills ``result`` as it goes."""
     stage = "side_by_side"
     overhead = 25.0 if args.tiny else 60.0  # two process start-ups, data, validation, end-of-run reports
     seconds = args.bench_seconds
