@@ -194,6 +194,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: Literal["none", "bf16", "fp16"] = "none"
+    # Model, batches and validation clips in the channels_last memory layout (docs/performance.md).
+    channels_last: bool = False
+    # torch.compile the training module (opt-in: on this CPU it compiled for minutes and gained nothing).
+    compile: bool = False
     log_every: int = 10
     val_every: int = 1000
     save_every: int = 1000
