@@ -127,11 +127,11 @@ def frames_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("frames")
     rng = np.random.default_rng(0)
     for c in range(2):
-        base = np.kron(rng.random((12, 12, 3)), np.ones((4, 4, 1)))  # 48x48
+        base = np.kron(rng.random((17, 17, 3)), np.ones((4, 4, 1)))  # 68x68: 64x64 HR frames, 16x16 LR
         folder = root / f"clip{c}"
         folder.mkdir()
         for t in range(4):
-            Image.fromarray((base[t : t + 40, t : t + 40] * 255).astype(np.uint8)).save(folder / f"{t:04d}.png")
+            Image.fromarray((base[t : t + 64, t : t + 64] * 255).astype(np.uint8)).save(folder / f"{t:04d}.png")
     return root
 
 
@@ -140,10 +140,10 @@ def _config(tmp_path: Path, frames_root: Path, name: str, out: str = "runs", **t
     cfg = {
         "model": MODELS[name],
         "data": {"train": {"kind": "frames", "root": str(frames_root)}, "num_workers": 0},
-        "schedule": {"kind": "fixed", "total_iters": 4, "num_frames": frames, "patch_size": 8, "batch_size": 2},
+        "schedule": {"kind": "fixed", "total_iters": 4, "num_frames": frames, "patch_size": 16, "batch_size": 2},
         "optim": {"lr": 1e-3, "fix_flow_iters": 1, "ema_decay": 0.9},
         "train": {"name": name, "out_dir": str(tmp_path / out), "log_every": 1, "val_every": 0, "save_every": 2,
-                  "tensorboard": False, "progress": False, "amp": "bf16", "channels_last": True, **train},
+                  "tensorboard": False, "progress": False, "amp": "auto", "channels_last": True, **train},
     }
     path = tmp_path / f"{name}_{out}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -156,7 +156,10 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_bf16_channels_last_training_run_and_exact_resume(name, tmp_path, frames_root):
+def test_auto_amp_channels_last_training_run_and_exact_resume(name, tmp_path, frames_root):
+    """amp=auto: bf16 where the CPU has native bf16, else float32 (an AVX2 CPU emulates bf16 ~40x
+    slower, far too slow for a unit test; bf16 numerics are covered by the forward tests above).
+    Adam is the default implementation (fused on CPU)."""
     from mgvsr.train import train
 
     summary = train(load_config(_config(tmp_path, frames_root, name)))
@@ -205,6 +208,27 @@ def test_non_finite_steps_are_skipped_on_the_device_and_counted_between_logs(tmp
     rows = _rows(tmp_path / "runs" / "basicvsr" / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [4, 8] and [int(r["skipped"]) for r in rows] == [1, 4]
     assert len(reads) == 8  # stopped at the step-8 read: steps 6, 7, 8 in a row >= max_bad_steps
+
+
+def test_a_bad_streak_that_ends_between_reads_still_stops_the_run(tmp_path, frames_root, monkeypatch):
+    """Steps 2 and 3 (1-based) are bad, step 4 is good and is the first read: the device-side record
+    of the longest streak still reaches max_bad_steps=2 and stops the run at that read."""
+    import mgvsr.train as train_mod
+
+    real_loss, calls = train_mod.sr_loss, {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(train_mod, "sr_loss", flaky_loss)
+    path = _config(tmp_path, frames_root, "basicvsr", log_every=4, save_every=100, max_bad_steps=2,
+                   amp="none", channels_last=False)
+    cfg = load_config(path, ["schedule.total_iters=8", "optim.fix_flow_iters=0"])
+    with pytest.raises(train_mod.NonFiniteError, match=r"2 consecutive steps .*ended before step 3"):
+        train_mod.train(cfg)
+    assert calls["n"] == 4
 
 
 def test_skipped_step_leaves_weights_moments_and_ema_exactly_unchanged():
@@ -264,6 +288,97 @@ def test_fused_adam_matches_the_single_tensor_adam_within_float_tolerance():
             opt.zero_grad(set_to_none=True)
     for (key, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_adam_impl_picks_the_implementation_and_plain_is_the_former_optimizer_bit_for_bit():
+    """``plain`` reproduces the optimiser mgvsr built before fused Adam (torch's default Adam, the
+    single-tensor loop on CPU) exactly; ``auto`` is fused on CPU; ``foreach`` is the multi-tensor one."""
+    flags = {impl: make_optimizer(_model("basicvsr"), OptimConfig(adam_impl=impl)).param_groups[0]
+             for impl in ("auto", "fused", "foreach", "plain")}
+    assert flags["auto"]["fused"] and flags["fused"]["fused"]
+    assert flags["foreach"]["foreach"] and not flags["foreach"]["fused"]
+    assert not flags["plain"]["foreach"] and not flags["plain"]["fused"]
+
+    model, twin = _model("basicvsr"), _model("basicvsr")
+    cfg = OptimConfig(lr=1e-3, adam_impl="plain")
+    plain = make_optimizer(model, cfg)
+    former = torch.optim.Adam([{"params": list(g["params"]), "lr": g["lr"]} for g in make_optimizer(twin, cfg).param_groups],
+                              lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    x = _smooth_clip(1, 2, 16, 16)
+    for _ in range(3):
+        for m, opt in ((model, plain), (twin, former)):
+            m(x).square().mean().backward()
+            optimizer_step(opt, torch.tensor(0.0))
+            opt.zero_grad(set_to_none=True)
+    for (key, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), key
+
+
+def test_adam_impl_is_not_part_of_the_experiment_on_resume():
+    from mgvsr.config import Config, to_dict
+    from mgvsr.train import experiment_changes
+
+    old, new = to_dict(Config()), to_dict(Config())
+    del old["optim"]["adam_impl"]  # a checkpoint written before the switch existed
+    new["optim"]["adam_impl"] = "plain"
+    assert experiment_changes(old, new) == []
+
+
+def test_amp_auto_is_bf16_only_where_bf16_is_native(monkeypatch):
+    import warnings
+
+    import mgvsr.runtime as runtime
+    from mgvsr.config import Config
+    from mgvsr.train import resolve_device_settings
+
+    cpu = torch.device("cpu")
+    cfg = Config()
+    cfg.train.amp, cfg.train.channels_last = "auto", "auto"
+    for native, expected in ((True, "bf16"), (False, "none")):
+        monkeypatch.setattr(runtime, "bf16_is_native", lambda device, native=native: native)
+        assert runtime.resolve_amp("auto", cpu) == expected
+        assert runtime.resolve_amp("fp16", cpu) == "fp16"  # explicit choices are kept
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # auto never warns
+            resolved = resolve_device_settings(cfg, cpu)
+        assert resolved.train.amp == expected and resolved.train.channels_last is False
+        assert cfg.train.amp == "auto"  # the given config is left as it was
+        assert InferenceOptions(amp="auto").on_device(cpu).amp == expected
+    assert resolve_device_settings(cfg, torch.device("cuda")).train.channels_last is True
+
+
+def test_explicit_bf16_on_an_emulating_device_warns_once_and_runs_on(monkeypatch):
+    import warnings
+
+    import mgvsr.runtime as runtime
+    from mgvsr.config import Config
+    from mgvsr.train import resolve_device_settings
+
+    cpu = torch.device("cpu")
+    cfg = Config()
+    cfg.train.amp = "bf16"
+    monkeypatch.setattr(runtime, "bf16_is_native", lambda device: False)
+    with pytest.warns(RuntimeWarning, match=r"train.amp: bf16 .* emulated: measured about 40x slower") as record:
+        assert resolve_device_settings(cfg, cpu).train.amp == "bf16"
+    assert len(record) == 1
+    with pytest.warns(RuntimeWarning, match=r"--amp: bf16 .* emulated"):
+        assert InferenceOptions(amp="bf16").on_device(cpu).amp == "bf16"
+    monkeypatch.setattr(runtime, "bf16_is_native", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_device_settings(cfg, cpu)
+        resolve_device_settings(cfg, cpu, warn=False)
+
+
+def test_channels_last_config_accepts_auto_and_booleans_only(tmp_path):
+    from mgvsr.config import ConfigError, from_dict
+
+    assert from_dict({"train": {"channels_last": "auto"}}).train.channels_last == "auto"
+    assert from_dict({"train": {"channels_last": True}}).train.channels_last is True
+    with pytest.raises(ConfigError, match="train.channels_last"):
+        from_dict({"train": {"channels_last": "yes"}})
+    with pytest.raises(ConfigError, match="train.amp"):
+        from_dict({"train": {"amp": "fp8"}})
 
 
 def test_compile_flag_compiles_the_stepping_module(tmp_path, frames_root, monkeypatch):

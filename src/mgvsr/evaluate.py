@@ -144,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     info: dict = {"data": args.data, "split": ds_cfg.split, "protocol": protocol.name, "flip_seq": protocol.flip_seq}
     device = resolve_device(args.device)  # where the model runs and where every method is scored
     if args.weights:
+        opts = opts.on_device(device)
         model, model_cfg = build_for_inference(args.weights, device, args.model, args.num_feat, args.num_block)
         if opts.channels_last:
             channels_last_model(model)

@@ -4,9 +4,9 @@ BasicVSR recipe (BasicSR ``VideoRecurrentModel``): Adam; parameters whose name c
 ``lr * flow_lr_mult``; for the first ``fix_flow_iters`` steps the flow network (and IconVSR's ``edvr``
 feature extractor) is frozen. Freezing is keyed off the global step, so it survives a resume.
 
-Per-step cost (docs/performance.md): Adam is the fused implementation (one kernel over all tensors,
-on CPU and CUDA), which can also skip a step on the device (:func:`optimizer_step`, given a
-``found_inf`` flag tensor) without the host reading the loss; the EMA updates all tensors with
+Per-step cost (docs/performance.md): Adam is by default (``optim.adam_impl: auto``) the fused
+implementation (one kernel over all tensors, on CPU and CUDA), which can also skip a step on the
+device (:func:`optimizer_step`, given a ``found_inf`` flag tensor) without the host reading the loss; the EMA updates all tensors with
 ``torch._foreach_*`` ops and is skipped the same way.
 """
 
@@ -18,15 +18,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from mgvsr.config import OptimConfig
+from mgvsr.config import ConfigError, OptimConfig
 
 FLOW_LR_KEYS = ("spynet",)
 FROZEN_EARLY_KEYS = ("spynet", "edvr")
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Adam:
-    """Adam over two groups (main, flow). Fused where torch has a fused kernel for the parameters'
-    device (CPU, CUDA, MPS, XPU), else the multi-tensor (foreach) implementation."""
+    """Adam over two groups (main, flow), implemented as ``cfg.adam_impl`` says: ``auto`` = fused
+    where torch has a fused kernel for the parameters' device and dtype (CPU, CUDA, MPS, XPU), else
+    foreach; ``fused`` fails where there is no such kernel; ``plain`` = the single-tensor loop."""
     main, flow = [], []
     for name, param in model.named_parameters():
         (flow if any(k in name for k in FLOW_LR_KEYS) else main).append(param)
@@ -34,10 +35,15 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Adam:
     if flow:
         groups.append({"params": flow, "base_lr": cfg.lr * cfg.flow_lr_mult, "name": "flow"})
     kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "weight_decay": cfg.weight_decay}
-    try:
-        return torch.optim.Adam(groups, fused=True, **kwargs)
-    except RuntimeError:  # no fused kernel for these parameters' device or dtype
-        return torch.optim.Adam(groups, foreach=True, **kwargs)
+    impl = cfg.adam_impl
+    if impl in ("auto", "fused"):
+        try:
+            return torch.optim.Adam(groups, fused=True, foreach=False, **kwargs)
+        except RuntimeError as err:  # no fused kernel for these parameters' device or dtype
+            if impl == "fused":
+                raise ConfigError(f"optim.adam_impl: fused Adam is not available here ({err}); "
+                                 "use auto, foreach or plain") from None
+    return torch.optim.Adam(groups, fused=False, foreach=impl != "plain", **kwargs)
 
 
 def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:

@@ -7,7 +7,9 @@
 * :func:`bf16_is_native` tells whether the device computes bf16 in hardware. A CPU without AVX512-BF16
   or AMX still *accepts* bf16 autocast but emulates it: measured on an AVX2-only 2-core EPYC, a
   64-channel 3x3 convolution's forward + backward took 5.2 s in bf16 against 0.13 s in fp32
-  (docs/performance.md), so bf16 there is a 40x slowdown, not a speed-up.
+  (docs/performance.md), so bf16 there is a 40x slowdown, not a speed-up. :func:`resolve_amp` turns
+  ``amp: auto`` into bf16 only where it is native; :func:`warn_if_bf16_emulated` warns when bf16 was
+  asked for explicitly where it is not.
 * :func:`to_channels_last_clip` / :func:`channels_last_model`: the channels_last memory layout
   (``train.channels_last``, ``--channels-last``) for clips ``(B, T, C, H, W)`` and for a model.
 * :func:`configure_backends`: per-device library switches (cuDNN autotuning on CUDA).
@@ -26,13 +28,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
+import warnings
 
 import torch
 from torch import nn
 
 from mgvsr.errors import MgvsrError
 
-AMP_CHOICES = ("none", "bf16", "fp16")
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+# Measured on this project's AVX2-only CPU (docs/performance.md); quoted in the emulation warning.
+EMULATED_BF16_SLOWDOWN = "about 40x slower than float32"
 
 
 class DeviceError(MgvsrError, ValueError):
@@ -64,7 +69,9 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Autocast to bf16 / fp16 (``amp``) where the device type supports it; ``none`` = a no-op."""
+    """Autocast to bf16 / fp16 (``amp``) where the device type supports it; ``none`` = a no-op;
+    ``auto`` as :func:`resolve_amp` decides."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return contextlib.nullcontext()
     if amp not in AMP_CHOICES:
@@ -88,6 +95,29 @@ def bf16_is_native(device: torch.device) -> bool:
         except RuntimeError:
             return False
     return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The autocast mode to use for ``amp`` on ``device``: ``auto`` becomes ``bf16`` where
+    :func:`bf16_is_native`, else ``none`` (float32). fp16 is never chosen automatically: it needs a
+    loss scaler in training and can overflow; ask for it explicitly. Other values are returned as given."""
+    if amp == "auto":
+        return "bf16" if bf16_is_native(device) else "none"
+    return amp
+
+
+def warn_if_bf16_emulated(amp: str, device: torch.device, where: str = "amp") -> bool:
+    """Warn (once per call: call it once at start) when bf16 autocast was asked for on a device that
+    only emulates bf16; returns whether it warned. The run goes on: it is slow, not wrong."""
+    if amp != "bf16" or bf16_is_native(device):
+        return False
+    warnings.warn(
+        f"{where}: bf16 autocast on {device}, which has no native bf16 (on a CPU: no AVX512-BF16 / AMX), "
+        f"is emulated: measured {EMULATED_BF16_SLOWDOWN} on an AVX2 CPU (docs/performance.md). "
+        "Use amp=none (or auto) there unless you want bf16 numerics.",
+        RuntimeWarning, stacklevel=2,
+    )
+    return True
 
 
 def fp32_region(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -132,6 +162,14 @@ def is_channels_last(x: torch.Tensor) -> bool:
     tensor, or a frame slice ``clip[:, t]`` of a channels_last clip (which convolutions also treat
     as channels_last although its batch stride is T times larger)."""
     return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and x.stride(3) == x.shape[1]
+
+
+def resolve_channels_last(value, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` = on for CUDA (where cuDNN's channels_last kernels are the
+    fast path), off elsewhere; a bool is returned as given."""
+    if value == "auto":
+        return device.type == "cuda"
+    return bool(value)
 
 
 def channels_last_model(model: nn.Module) -> nn.Module:

@@ -27,7 +27,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, NoReturn, Optional
 
@@ -48,8 +48,8 @@ from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
 from mgvsr.optim import EMA, flow_frozen, make_optimizer, optimizer_step, set_flow_trainable, set_lr
 from mgvsr.report import final_report
-from mgvsr.runtime import (autocast_context, channels_last_model, configure_backends, to_channels_last_clip,
-                           tune_allocator)
+from mgvsr.runtime import (autocast_context, channels_last_model, configure_backends, resolve_amp,
+                           resolve_channels_last, to_channels_last_clip, tune_allocator, warn_if_bf16_emulated)
 from mgvsr.schedule import ShapeFn, phases, spec_at
 from mgvsr.tracking import Tracker, write_json
 
@@ -76,7 +76,8 @@ RESUME_KEYS = ("model", "schedule", "optim", "data.train", "data.use_flip", "dat
 # or BasicSR LMDB folders of the same dataset (set or unset) and in-RAM loading. ``model.init_weights``
 # is only the starting point, which the checkpoint replaces.
 RESUME_IGNORED = ("data.train.root", "data.train.cache", "data.train.gt_lmdb", "data.train.lq_lmdb",
-                  "data.train.in_memory", "model.init_weights")
+                  "data.train.in_memory", "model.init_weights", "optim.adam_impl")
+# optim.adam_impl only changes float rounding, and every implementation reads the others' state.
 # Pretrained sub-networks: whether one was loaded is part of the recipe, the file's path is not.
 RESUME_PRESENCE_ONLY = ("model.spynet_weights", "model.edvr_weights")
 
@@ -205,7 +206,8 @@ class StepValues:
 
 @dataclass
 class Progress:
-    """Where the run stands. The first five fields travel in checkpoints; the last two are reported.
+    """Where the run stands. The first five fields travel in checkpoints; the rest are reported or
+    feed the non-finite stop rule.
 
     ``skipped`` and ``bad_streak`` are counted on the device by :meth:`record` and brought to the host
     by :meth:`record` with ``read=True``; between reads they hold the values of the last read.
@@ -218,8 +220,10 @@ class Progress:
     bad_streak: int = 0  # consecutive skipped steps
     last_loss: float = math.nan
     last_val: Optional[tuple[int, dict]] = None  # (step, metrics) of the latest validation
+    worst_streak: int = 0  # longest run of consecutive skipped steps seen up to the last read
     _new_bad: Optional[torch.Tensor] = None  # device: skipped steps not yet read
     _streak: Optional[torch.Tensor] = None  # device: consecutive skipped steps up to now
+    _worst: Optional[torch.Tensor] = None  # device: longest such run since the last read
 
     def record(self, result: StepResult, read: bool) -> Optional[StepValues]:
         """Count one finished step; with ``read`` bring this step's values and the counters to the
@@ -229,20 +233,25 @@ class Progress:
         if self._streak is None:
             self._streak = torch.full((), self.bad_streak, dtype=torch.int64, device=bad.device)
             self._new_bad = torch.zeros((), dtype=torch.int64, device=bad.device)
+            self._worst = self._streak.clone()
         self._new_bad = self._new_bad + bad
         self._streak = (self._streak + 1) * bad  # +1 on a bad step, back to 0 on a good one
+        # A run of bad steps that ended between two reads must still stop the run at the next read.
+        self._worst = torch.maximum(self._worst, self._streak)
         values = None
         if read:
             start = time.perf_counter()
-            loss, grad_norm, this_bad, new_bad, streak = torch.stack([
+            loss, grad_norm, this_bad, new_bad, streak, worst = torch.stack([
                 result.loss.detach().float(), result.grad_norm.float(), bad.float(),
-                self._new_bad.float(), self._streak.float(),
+                self._new_bad.float(), self._streak.float(), self._worst.float(),
             ]).tolist()
             result.seconds += time.perf_counter() - start
             values = StepValues(loss, grad_norm, bool(this_bad), int(new_bad))
             self.skipped += int(new_bad)
             self.bad_streak = int(streak)
-            self._new_bad.zero_()
+            self.worst_streak = max(self.worst_streak, int(worst))
+            self._new_bad = torch.zeros_like(self._new_bad)
+            self._worst = self._streak.clone()
             if not values.bad:
                 self.last_loss = loss
         self.train_time += result.seconds
@@ -266,6 +275,7 @@ def train(cfg: Config) -> dict:
     tune_allocator()
     dist, device = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     configure_backends(device)
+    cfg = resolve_device_settings(cfg, device, warn=dist.is_main)
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
     total = cfg.schedule.total_iters
 
@@ -303,9 +313,9 @@ def train(cfg: Config) -> dict:
                     "batch_size": spec.batch_size, "data_wait": round(result.data_wait, 5),
                     "compute": round(result.seconds - result.data_wait, 5), "skipped": progress.skipped,
                 })
-            if progress.bad_streak >= cfg.train.max_bad_steps:
+            if max(progress.bad_streak, progress.worst_streak) >= cfg.train.max_bad_steps:
                 tracker.close()
-                stop_non_finite(progress, ckpt, dist)
+                stop_non_finite(progress, ckpt, dist, cfg.train.max_bad_steps)
             tracker.update_bar(1, {
                 "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
                 "loss": f"{progress.last_loss:.4f}", "lr": f"{lr:.2e}",
@@ -332,6 +342,17 @@ def train(cfg: Config) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Set-up
 # --------------------------------------------------------------------------------------------------
+
+
+def resolve_device_settings(cfg: Config, device: torch.device, warn: bool = True) -> Config:
+    """``cfg`` with ``train.amp`` and ``train.channels_last`` as they apply on ``device`` (``auto``
+    resolved, see :func:`mgvsr.runtime.resolve_amp`); with ``warn``, one warning when bf16 was asked
+    for on a device that only emulates it."""
+    amp = resolve_amp(cfg.train.amp, device)
+    if warn:
+        warn_if_bf16_emulated(amp, device, "train.amp")
+    channels_last = resolve_channels_last(cfg.train.channels_last, device)
+    return replace(cfg, train=replace(cfg.train, amp=amp, channels_last=channels_last))
 
 
 def build_learner(cfg: Config, device: torch.device) -> Learner:
@@ -569,12 +590,16 @@ def stopped(signal_name: Optional[str], step: int, ckpt: Checkpointer, dist: Dis
     return {"stopped": by, "step": step, "checkpoint": str(ckpt.path_for(step))}
 
 
-def stop_non_finite(progress: Progress, ckpt: Checkpointer, dist: DistInfo) -> NoReturn:
+def stop_non_finite(progress: Progress, ckpt: Checkpointer, dist: DistInfo, max_bad_steps: int) -> NoReturn:
     latest = ckpt.latest() if dist.is_main else None
     cleanup()
+    if progress.bad_streak >= max_bad_steps:
+        what = f"{progress.bad_streak} consecutive steps had a non-finite loss or gradient (last at step {progress.step - 1})"
+    else:  # the run of bad steps ended between two reads of the device counters
+        what = (f"{progress.worst_streak} consecutive steps had a non-finite loss or gradient (a run that ended "
+                f"before step {progress.step - 1}, seen at the step-{progress.step} log)")
     raise NonFiniteError(
-        f"{progress.bad_streak} consecutive steps had a non-finite loss or gradient (last at step "
-        f"{progress.step - 1}); stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
+        f"{what}; stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
         "Lower optim.lr, set optim.grad_clip, or check the data; resume with train.resume=auto."
     )
 

@@ -374,7 +374,9 @@ def run(args: argparse.Namespace) -> int:
     # Probe input and output before the (slow) model build, so mistakes fail fast.
     open_source(args.input, args.fps)
     _check_output(Path(args.output), args.overwrite)
-    model, cfg = build_for_inference(args.weights, resolve_device(args.device), args.model, args.num_feat, args.num_block)
+    device = resolve_device(args.device)
+    opts = opts.on_device(device)
+    model, cfg = build_for_inference(args.weights, device, args.model, args.num_feat, args.num_block)
     if opts.channels_last:
         channels_last_model(model)
     report = upscale(args.input, args.output, model, opts, args.crf, args.fps, args.overwrite, not args.no_progress)

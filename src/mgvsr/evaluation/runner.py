@@ -30,6 +30,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
@@ -40,7 +41,8 @@ from torch import nn
 from mgvsr.errors import MgvsrError
 from mgvsr.metrics import tensor_to_uint8
 from mgvsr.models import forward_clip
-from mgvsr.runtime import AMP_CHOICES, autocast_context, model_device, to_channels_last_clip
+from mgvsr.runtime import (AMP_CHOICES, autocast_context, model_device, resolve_amp, to_channels_last_clip,
+                           warn_if_bf16_emulated)
 
 
 class InferenceError(MgvsrError, ValueError):
@@ -60,7 +62,7 @@ class InferenceOptions:
     chunk_overlap: int = 2  # context frames read (and discarded) on each side of a chunk
     tile: int = 0  # LR tile size in pixels
     tile_overlap: int = 16  # LR context pixels read (and cropped away) on each side of a tile
-    amp: str = "none"  # "bf16" / "fp16": autocast on devices that support it
+    amp: str = "none"  # "bf16" / "fp16": autocast on devices that support it; "auto": see runtime.resolve_amp
     channels_last: bool = False  # clips in channels_last memory order (give the model the same layout)
 
     def check(self) -> None:
@@ -73,11 +75,20 @@ class InferenceOptions:
         if self.amp not in AMP_CHOICES:
             raise InferenceError(f"amp: {self.amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
 
+    def on_device(self, device: torch.device, where: str = "--amp") -> "InferenceOptions":
+        """These options with ``amp`` resolved for ``device`` (``auto`` -> bf16 or none); warns once
+        when bf16 was asked for on a device that only emulates it (the CLIs call this at start)."""
+        amp = resolve_amp(self.amp, device)
+        warn_if_bf16_emulated(amp, device, where)
+        return dataclasses.replace(self, amp=amp)
+
 
 def add_model_arguments(parser) -> None:
     """CLI flags shared by ``mgvsr eval`` and ``mgvsr upscale``: device, autocast, model overrides."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
+    parser.add_argument("--amp", choices=["none", "bf16", "auto"], default="none",
+                        help="bf16 autocast; auto = bf16 only where the device computes bf16 natively "
+                             "(bf16 on an AVX2-only CPU is emulated and much slower, see docs/performance.md)")
     parser.add_argument("--channels-last", action="store_true",
                         help="model and frames in the channels_last memory layout (often faster on CPU)")
     parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"],
