@@ -1,7 +1,14 @@
 """Which parts of a model need float32 under bf16 autocast: error and step time of each fp32 island.
 
     python benchmarks/amp_precision.py [--model basicvsr --feat 16 --blocks 2 --head 16]
-                                       [--frames 10] [--clips 2] [--repeat 3] [--skip-time]
+                                       [--frames 10] [--clips 2] [--repeat 3] [--skip-time] [--force-bf16]
+
+A small smoke run: ``--feat 4 --blocks 1 --head 4 --frames 2 --clips 1 --repeat 1`` (add ``--skip-time``
+with ``--force-bf16`` on a CPU without native bf16: emulated bf16 took minutes even at that size).
+
+The bf16 rows run only where the device computes bf16 natively (``mgvsr.runtime.bf16_is_native``: CUDA
+with bf16, a CPU with AVX512-BF16 / AMX); elsewhere autocast emulates bf16 (measured ~40x slower than
+float32 on an AVX2 CPU) and they are skipped with a printed reason unless ``--force-bf16`` is given.
 
 Inputs are real frames: the first ``--frames`` LR frames (80x45, BI degradation) of the first
 ``--clips`` demo validation clips, read through the data layer (``demo_data``, kind ``prepared``), with
@@ -43,7 +50,7 @@ from mgvsr.evaluation.runner import frames_to_tensor
 from mgvsr.losses import charbonnier
 from mgvsr.models import build_model
 from mgvsr.models.blocks import flow_warp
-from mgvsr.runtime import autocast_context, tune_allocator
+from mgvsr.runtime import autocast_context, bf16_is_native, tune_allocator
 from mgvsr.train import StopRequest, build_learner, train_step
 
 VARIANTS = ("fp32", "bf16", "bf16+warp", "bf16+warp+spynet")
@@ -111,10 +118,10 @@ def demo_clips(frames: int, clips: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(lrs), torch.stack(hrs)
 
 
-def errors(model, lr, hr, device) -> dict[str, dict]:
-    """Output, flow and gradient of every variant, compared with the float32 run."""
+def errors(model, lr, hr, device, variants: tuple[str, ...] = VARIANTS) -> dict[str, dict]:
+    """Output, flow and gradient of every variant (``variants[0]`` is fp32), compared with the float32 run."""
     runs = {}
-    for name in VARIANTS:
+    for name in variants:
         model.zero_grad(set_to_none=True)
         with variant(model, name), autocast_context(device, amp_of(name)):
             out = model(lr)
@@ -125,7 +132,7 @@ def errors(model, lr, hr, device) -> dict[str, dict]:
         runs[name] = (out.detach().float(), None if flows is None else flows.detach().float(), grad)
     ref_out, ref_flow, ref_grad = runs["fp32"]
     table = {}
-    for name in VARIANTS[1:]:
+    for name in variants[1:]:
         out, flow, grad = runs[name]
         mse = float(((out.clamp(0, 1) - ref_out.clamp(0, 1)) ** 2).mean())
         table[name] = {
@@ -168,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--skip-time", action="store_true", help="errors only")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="run the bf16 rows even where bf16 is emulated (slow: ~40x on an AVX2 CPU)")
     args = p.parse_args(argv)
     tune_allocator()
     device = torch.device(args.device)
@@ -188,7 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         from mgvsr.models import load_weights
 
         load_weights(model, args.weights)
-    table = errors(model, lr, hr, device)
+    variants = VARIANTS
+    if not bf16_is_native(device):
+        if args.force_bf16:
+            print(f"note: bf16 is emulated on {device} (no native bf16); running the bf16 rows anyway (--force-bf16)")
+        else:
+            print(f"skipping the bf16 rows: bf16 is emulated on {device} (no AVX512-BF16 / AMX on a CPU), measured "
+                  "~40x slower than float32 on an AVX2 CPU; give --force-bf16 to run them anyway")
+            variants = VARIANTS[:1]
+    table = errors(model, lr, hr, device, variants)
     print(f"{'variant':>18} {'out PSNR':>9} {'out max':>8} {'flow EPE':>9} {'grad relL2':>10} {'grad cos':>9} {'step (s)':>9}")
     fp32_time = None if args.skip_time else step_time(args, "fp32", device, lr, hr)
     if fp32_time is not None:
@@ -198,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         epe = "-" if r["flow_epe_px"] is None else f"{r['flow_epe_px']:.4f}"
         print(f"{name:>18} {r['output_psnr_db']:>9.2f} {r['output_max_abs']:>8.4f} {epe:>9} "
               f"{r['grad_rel_l2']:>10.4f} {r['grad_cosine']:>9.5f} {t}", flush=True)
-    if table["bf16"]["flow_mean_px"] is not None:
+    if "bf16" in table and table["bf16"]["flow_mean_px"] is not None:
         print(f"(mean flow magnitude of the float32 run: {table['bf16']['flow_mean_px']:.3f} px)")
     return 0
 
