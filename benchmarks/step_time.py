@@ -25,7 +25,7 @@ import torch
 
 from mgvsr.bench import machine_info
 from mgvsr.config import load_config
-from mgvsr.runtime import configure_backends, tune_allocator
+from mgvsr.runtime import configure_backends, tune_allocator, warn_if_bf16_emulated
 from mgvsr.train import StopRequest, build_learner, train_step
 
 
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         tune_allocator()
     device = torch.device(args.device)
     configure_backends(device)
+    if "bf16" in args.amp:
+        warn_if_bf16_emulated("bf16", device, "--amp")
     print(f"command: {shlex.join(['python', 'benchmarks/step_time.py', *(argv if argv is not None else sys.argv[1:])])}")
     print(f"machine: {machine_info()}  allocator tuned: {not args.no_tune}  threads: {torch.get_num_threads()}")
     print(f"{'amp':>5} {'layout':>14} {'T':>3} {'patch':>5} {'batch':>5} {'best (s)':>9} {'median (s)':>10}")
