@@ -37,7 +37,7 @@ from mgvsr.bench import machine_info  # noqa: E402
 from mgvsr.config import Config, load_config  # noqa: E402
 from mgvsr.losses import sr_loss  # noqa: E402
 from mgvsr.models import build_model  # noqa: E402
-from mgvsr.runtime import autocast_context, tune_allocator  # noqa: E402
+from mgvsr.runtime import autocast_context, channels_last_model, to_channels_last_clip, tune_allocator  # noqa: E402
 from mgvsr.schedule import phases  # noqa: E402
 
 
@@ -59,6 +59,8 @@ def step_times(
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)
     x = torch.rand(batch, frames, 3, patch, patch, device=device)
     hr = torch.rand(batch, frames, 3, 4 * patch, 4 * patch, device=device)
+    if channels_last:  # the layout train.channels_last gives the batches
+        x, hr = to_channels_last_clip(x), to_channels_last_clip(hr)
     centre = getattr(model, "center_frame_idx", None)
     times = []
     for _ in range(repeat + 1):
@@ -88,7 +90,7 @@ def measure(cfg: Config, amps: list[str], repeat: int, device: torch.device, cha
     torch.manual_seed(0)
     model = build_model(weightless.model).to(device).train()
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        channels_last_model(model)
     result: dict = {"shapes": [list(x) for x in shapes], "amp": {}}
     for amp in amps:
         medians = {}

@@ -1,71 +1,97 @@
-"""Step time (forward + backward + Adam) of a model at several training shapes.
+"""Step time of one training step through the training loop's own code, at several shapes and settings.
 
-    python benchmarks/step_time.py [--feat 16 --blocks 2 --head 16] [--batch 4] [--frames 5 10]
-                                   [--patches 16 32 48 64] [--no-tune] [--repeat 3]
+    python benchmarks/step_time.py [--model basicvsr] [--feat 16 --blocks 2 --head 16] [--batch 4]
+                                   [--frames 5 10] [--patches 16 32 48 64] [--amp none bf16]
+                                   [--layout contiguous channels_last] [--repeat 3] [--no-tune]
 
-Prints the command, the machine and the best-of-N (and median) time per shape. Used for
-docs/performance.md and the paper-scale projection in docs/benchmarks.md.
+Each step is ``mgvsr.train.train_step`` on a learner built by ``mgvsr.train.build_learner`` from a
+config with ``train.amp`` / ``train.channels_last`` set: forward under autocast, the training loss,
+backward, gradient norm, the device-side non-finite check, fused Adam (and the EMA with
+``--ema``), on random clips. The flow network is trainable (as after ``optim.fix_flow_iters``).
+Every (amp, layout) pair gets a fresh model with the same seed. One warm-up step, then ``--repeat``
+timed steps; prints the command, the machine and the best and median time per shape.
+Used for docs/performance.md and the paper-scale projection in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
-import time
 
 import torch
 
 from mgvsr.bench import machine_info
-from mgvsr.config import ModelConfig
-from mgvsr.models import build_model
-from mgvsr.runtime import tune_allocator
+from mgvsr.config import load_config
+from mgvsr.runtime import configure_backends, tune_allocator, warn_if_bf16_emulated
+from mgvsr.train import StopRequest, build_learner, train_step
 
 
-def step_times(model, batch: int, frames: int, patch: int, repeat: int, device: torch.device) -> list[float]:
-    opt = torch.optim.Adam(model.parameters())
-    x = torch.rand(batch, frames, 3, patch, patch, device=device)
-    y = torch.rand(batch, frames, 3, 4 * patch, 4 * patch, device=device)
+def random_batches(batch: int, frames: int, patch: int, scale: int = 4):
+    """Endless (LR, HR) pairs of random clips, as the loader yields them (float32, contiguous)."""
+    gen = torch.Generator().manual_seed(0)
+    while True:
+        yield (torch.rand(batch, frames, 3, patch, patch, generator=gen),
+               torch.rand(batch, frames, 3, scale * patch, scale * patch, generator=gen))
+
+
+def step_times(cfg, device: torch.device, batch: int, frames: int, patch: int, repeat: int) -> list[float]:
+    """Seconds of ``repeat`` training steps after one warm-up step (device work included)."""
+    learner = build_learner(cfg, device)
+    learner.model.train()
+    batches = random_batches(batch, frames, patch)
+    stop = StopRequest()  # never entered: no signal handlers, never asks to stop
     times = []
-    for _ in range(repeat + 1):  # the first run warms up
-        t = time.perf_counter()
-        loss = (model(x) - y).abs().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    for _ in range(repeat + 1):
+        result = train_step(learner.model, learner, batches, cfg, device, stop)
+        result.loss.item()  # wait for the device, as a logging step does
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
+        times.append(result.seconds)
     return times[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="basicvsr", choices=["basicvsr", "iconvsr"])
+    p.add_argument("--model", default="basicvsr", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"])
     p.add_argument("--feat", type=int, default=16)
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--head", type=int, default=16)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, nargs="+", default=[5, 10])
     p.add_argument("--patches", type=int, nargs="+", default=[16, 32, 48, 64])
+    p.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16", "fp16"])
+    p.add_argument("--layout", nargs="+", default=["contiguous"], choices=["contiguous", "channels_last"])
+    p.add_argument("--ema", action="store_true", help="with an EMA of the weights (optim.ema_decay=0.999)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-tune", action="store_true", help="leave glibc's allocator settings alone")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     if not args.no_tune:
         tune_allocator()
     device = torch.device(args.device)
-    print(f"command: {shlex.join(['python', 'benchmarks/step_time.py', *(argv or sys.argv[1:])])}")
-    print(f"machine: {machine_info()}  allocator tuned: {not args.no_tune}")
-    model = build_model(ModelConfig(name=args.model, num_feat=args.feat, num_block=args.blocks,
-                                    head_feat=args.head)).to(device)
-    print(f"{'T':>3} {'patch':>5} {'batch':>5} {'best (s)':>9} {'median (s)':>10}")
-    for frames in args.frames:
-        for patch in args.patches:
-            times = step_times(model, args.batch, frames, patch, args.repeat, device)
-            print(f"{frames:>3} {patch:>5} {args.batch:>5} {min(times):>9.3f} {statistics.median(times):>10.3f}",
-                  flush=True)
+    configure_backends(device)
+    if "bf16" in args.amp:
+        warn_if_bf16_emulated("bf16", device, "--amp")
+    print(f"command: {shlex.join(['python', 'benchmarks/step_time.py', *(argv if argv is not None else sys.argv[1:])])}")
+    print(f"machine: {machine_info()}  allocator tuned: {not args.no_tune}  threads: {torch.get_num_threads()}")
+    print(f"{'amp':>5} {'layout':>14} {'T':>3} {'patch':>5} {'batch':>5} {'best (s)':>9} {'median (s)':>10}")
+    for amp, layout in itertools.product(args.amp, args.layout):
+        for frames in args.frames:
+            for patch in args.patches:
+                cfg = load_config(None, [
+                    f"model.name={args.model}", f"model.num_feat={args.feat}", f"model.num_block={args.blocks}",
+                    f"model.head_feat={args.head}", f"train.amp={amp}",
+                    f"train.channels_last={str(layout == 'channels_last').lower()}", "optim.fix_flow_iters=0",
+                    f"optim.ema_decay={0.999 if args.ema else 0}", f"schedule.num_frames={frames}",
+                ])
+                times = step_times(cfg, device, args.batch, frames, patch, args.repeat)
+                print(f"{amp:>5} {layout:>14} {frames:>3} {patch:>5} {args.batch:>5} {min(times):>9.3f} "
+                      f"{statistics.median(times):>10.3f}", flush=True)
     return 0
 
 

@@ -84,7 +84,9 @@ def test_diverged_run_is_one_line_with_exit_1(capsys, tmp_path, tiny_data, monke
     import mgvsr.train as train_mod
 
     monkeypatch.setattr(train_mod, "sr_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    assert main(_tiny_train_args(tiny_data, tmp_path, "train.max_bad_steps=1")) == 1
+    # log_every=1: the host reads the device's bad-step counters every step (docs/performance.md), so
+    # the run stops at the first bad step, as the message says.
+    assert main(_tiny_train_args(tiny_data, tmp_path, "train.max_bad_steps=1", "train.log_every=1")) == 1
     _one_line_error(capsys, "train", "1 consecutive steps had a non-finite loss")
 
 

@@ -185,6 +185,10 @@ class OptimConfig:
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     ref_batch: int = 0
     accum_steps: int = 1
+    # Adam implementation. auto = fused where torch has a fused kernel for the device (CPU, CUDA, ...),
+    # else foreach; plain = the single-tensor loop (what mgvsr used on CPU before fused Adam; torch
+    # picked foreach on CUDA). The choices differ only in float rounding; a checkpoint resumes with any.
+    adam_impl: Literal["auto", "fused", "foreach", "plain"] = "auto"
 
 
 @dataclass
@@ -193,7 +197,15 @@ class TrainConfig:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # Autocast: auto = bf16 where the device computes bf16 natively (CUDA with bf16, a CPU with
+    # AVX512-BF16/AMX), else none; fp16 is never chosen automatically. bf16 on an AVX2-only CPU is
+    # emulated (~40x slower, a warning says so). See docs/performance.md.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "none"
+    # Model, batches and validation clips in the channels_last memory layout (docs/performance.md);
+    # auto = on for CUDA, off elsewhere.
+    channels_last: Union[bool, Literal["auto"]] = False
+    # torch.compile the training module (opt-in: on this CPU it compiled for minutes and gained nothing).
+    compile: bool = False
     log_every: int = 10
     val_every: int = 1000
     save_every: int = 1000

@@ -60,18 +60,21 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def all_reduce_loss_and_stop(loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
-    """The step's loss averaged over ranks, and whether any rank asked to stop, in one all-reduce.
+def all_reduce_loss_and_stop(loss: torch.Tensor, stop: bool) -> tuple[torch.Tensor, bool]:
+    """The step's loss averaged over ranks (a 0-d tensor on the loss's device), and whether any rank
+    asked to stop, in one all-reduce.
 
     The stop request rides on the all-reduce every step already makes, so all ranks learn of it at
     the same step and stop together: a flag checked per rank could send rank 0 into the checkpoint's
-    collective while another rank is already in the next step's all-reduce, and hang the run.
+    collective while another rank is already in the next step's all-reduce, and hang the run. Reading
+    the flag is the one host synchronisation of a distributed step; a single process neither
+    communicates nor waits (its loss is returned as it is).
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return float(loss), stop
+        return loss, stop
     packed = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    return float(packed[0] / dist.get_world_size()), bool(packed[1] > 0)
+    return packed[0] / dist.get_world_size(), bool(packed[1] > 0)
 
 
 def group_rank_and_size() -> tuple[int, int]:

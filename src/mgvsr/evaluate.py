@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     from mgvsr.data import build_dataset
     from mgvsr.data.io import DataError
     from mgvsr.models.loading import build_for_inference
-    from mgvsr.runtime import resolve_device
+    from mgvsr.runtime import channels_last_model, resolve_device
 
     if not args.weights and not args.bicubic:
         raise EvalError("give --weights (and/or --bicubic for the bicubic baseline)")
@@ -138,13 +138,16 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as err:
         raise EvalError(f"--data {args.data}: {err}") from None
 
-    opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp)
+    opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp, args.channels_last)
     opts.check()
     runs: list[tuple[str, Upscaler]] = []
     info: dict = {"data": args.data, "split": ds_cfg.split, "protocol": protocol.name, "flip_seq": protocol.flip_seq}
     device = resolve_device(args.device)  # where the model runs and where every method is scored
     if args.weights:
+        opts = opts.on_device(device)
         model, model_cfg = build_for_inference(args.weights, device, args.model, args.num_feat, args.num_block)
+        if opts.channels_last:
+            channels_last_model(model)
         info.update(weights=str(args.weights), model=model_cfg.__dict__, device=str(device), inference=opts.__dict__)
         runs.append((Path(args.weights).name, model_upscaler(model, opts, protocol.flip_seq)))
     if args.bicubic:

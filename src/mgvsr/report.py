@@ -49,7 +49,7 @@ def final_report(
     model.eval()
     max_frames = cfg.data.val.max_frames if cfg.data.val is not None else 0
     if ours is None:
-        ours = score_model(model, val_set, max_frames, cfg.train.amp)
+        ours = score_model(model, val_set, max_frames, cfg.train.amp, cfg.train.channels_last)
     bicubic_up = bicubic_upscaler(4, model_device(model))  # scored on the model's device too
     bicubic = score_dataset(bicubic_up, val_set, PROTOCOLS["generic"], max_frames, "bicubic").flat_scores()
     if not write:
@@ -65,7 +65,7 @@ def final_report(
     # Side by side on the middle frame of the first validation clip.
     name, lr, hr = next(iter(iter_clips(val_set, max_frames=max_frames)))
     t = len(lr) // 2
-    sr = model_upscaler(model, InferenceOptions(amp=cfg.train.amp))(lr)[t].cpu().numpy()
+    sr = model_upscaler(model, InferenceOptions(amp=cfg.train.amp, channels_last=cfg.train.channels_last))(lr)[t].cpu().numpy()
     bic = bicubic_upscaler(4)(lr[t : t + 1])[0].numpy()
     image = side_by_side([("bicubic", bic), ("mgvsr", sr), ("ground truth", hr[t])], run_dir / "side_by_side.png")
 

@@ -10,6 +10,11 @@ Everything that must agree across ranks and across a resume (shape, LR, which sa
 the global step, so a resumed run continues exactly where the interrupted one stopped. A stop request
 (SIGINT / SIGTERM) travels with the loss in the step's all-reduce, so every rank stops after the same
 step, saves it once and exits 0.
+
+A step does not wait for the device: whether its loss or gradient is finite is decided on the device,
+which skips the optimiser and EMA updates of a bad step itself; the host reads the loss, the gradient
+norm and the count of skipped steps only on steps that log, save or stop (and on every step while a run
+of bad steps is in progress). See docs/performance.md.
 Launch on several devices with ``torchrun --nproc_per_node N -m mgvsr.cli train CONFIG``.
 """
 
@@ -22,7 +27,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, NoReturn, Optional
 
@@ -41,9 +46,10 @@ from mgvsr.evaluation import score_model
 from mgvsr.losses import sr_loss
 from mgvsr.models import build_model
 from mgvsr.models.weights import save_safetensors
-from mgvsr.optim import EMA, flow_frozen, make_optimizer, set_flow_trainable, set_lr
+from mgvsr.optim import EMA, flow_frozen, make_optimizer, optimizer_step, set_flow_trainable, set_lr
 from mgvsr.report import final_report
-from mgvsr.runtime import autocast_context, tune_allocator
+from mgvsr.runtime import (autocast_context, channels_last_model, configure_backends, resolve_amp,
+                           resolve_channels_last, to_channels_last_clip, tune_allocator, warn_if_bf16_emulated)
 from mgvsr.schedule import ShapeFn, phases, spec_at
 from mgvsr.tracking import Tracker, write_json
 
@@ -70,7 +76,8 @@ RESUME_KEYS = ("model", "schedule", "optim", "data.train", "data.use_flip", "dat
 # or BasicSR LMDB folders of the same dataset (set or unset) and in-RAM loading. ``model.init_weights``
 # is only the starting point, which the checkpoint replaces.
 RESUME_IGNORED = ("data.train.root", "data.train.cache", "data.train.gt_lmdb", "data.train.lq_lmdb",
-                  "data.train.in_memory", "model.init_weights")
+                  "data.train.in_memory", "model.init_weights", "optim.adam_impl")
+# optim.adam_impl only changes float rounding, and every implementation reads the others' state.
 # Pretrained sub-networks: whether one was loaded is part of the recipe, the file's path is not.
 RESUME_PRESENCE_ONLY = ("model.spynet_weights", "model.edvr_weights")
 
@@ -176,8 +183,35 @@ class Learner:
 
 
 @dataclass
+class StepResult:
+    """One step as the device left it: tensors the host has not read (no synchronisation)."""
+
+    loss: torch.Tensor  # 0-d: mean over ranks of this step's loss
+    grad_norm: torch.Tensor  # 0-d: norm of the (averaged, unscaled) gradient before clipping
+    bad: torch.Tensor  # 0-d bool: the step counts as non-finite and was skipped
+    stop: bool  # some rank asked to stop: every rank gets the same answer
+    seconds: float
+    data_wait: float
+
+
+@dataclass
+class StepValues:
+    """What the host reads of a step on the steps that log, save or stop."""
+
+    loss: float
+    grad_norm: float
+    bad: bool
+    new_bad: int  # steps skipped since the previous read (this one included)
+
+
+@dataclass
 class Progress:
-    """Where the run stands. The first five fields travel in checkpoints; the last two are reported."""
+    """Where the run stands. The first five fields travel in checkpoints; the rest are reported or
+    feed the non-finite stop rule.
+
+    ``skipped`` and ``bad_streak`` are counted on the device by :meth:`record` and brought to the host
+    by :meth:`record` with ``read=True``; between reads they hold the values of the last read.
+    """
 
     step: int = 0  # steps done
     train_time: float = 0.0  # seconds in training steps (validation and saving excluded)
@@ -186,32 +220,48 @@ class Progress:
     bad_streak: int = 0  # consecutive skipped steps
     last_loss: float = math.nan
     last_val: Optional[tuple[int, dict]] = None  # (step, metrics) of the latest validation
+    worst_streak: int = 0  # longest run of consecutive skipped steps seen up to the last read
+    _new_bad: Optional[torch.Tensor] = None  # device: skipped steps not yet read
+    _streak: Optional[torch.Tensor] = None  # device: consecutive skipped steps up to now
+    _worst: Optional[torch.Tensor] = None  # device: longest such run since the last read
 
-    def record(self, result: StepResult) -> None:
-        """Count one finished step."""
+    def record(self, result: StepResult, read: bool) -> Optional[StepValues]:
+        """Count one finished step; with ``read`` bring this step's values and the counters to the
+        host (one synchronisation, its wait counted as training time) and return them."""
         self.step += 1
+        bad = result.bad.to(torch.int64)
+        if self._streak is None:
+            self._streak = torch.full((), self.bad_streak, dtype=torch.int64, device=bad.device)
+            self._new_bad = torch.zeros((), dtype=torch.int64, device=bad.device)
+            self._worst = self._streak.clone()
+        self._new_bad = self._new_bad + bad
+        self._streak = (self._streak + 1) * bad  # +1 on a bad step, back to 0 on a good one
+        # A run of bad steps that ended between two reads must still stop the run at the next read.
+        self._worst = torch.maximum(self._worst, self._streak)
+        values = None
+        if read:
+            start = time.perf_counter()
+            loss, grad_norm, this_bad, new_bad, streak, worst = torch.stack([
+                result.loss.detach().float(), result.grad_norm.float(), bad.float(),
+                self._new_bad.float(), self._streak.float(), self._worst.float(),
+            ]).tolist()
+            result.seconds += time.perf_counter() - start
+            values = StepValues(loss, grad_norm, bool(this_bad), int(new_bad))
+            self.skipped += int(new_bad)
+            self.bad_streak = int(streak)
+            self.worst_streak = max(self.worst_streak, int(worst))
+            self._new_bad = torch.zeros_like(self._new_bad)
+            self._worst = self._streak.clone()
+            if not values.bad:
+                self.last_loss = loss
         self.train_time += result.seconds
         self.data_time += result.data_wait
-        if result.finite:
-            self.bad_streak = 0
-            self.last_loss = result.loss
-        else:
-            self.skipped += 1
-            self.bad_streak += 1
+        return values
 
     def counters(self) -> dict:
+        """The checkpointed counters (as of the last read: a checkpoint is written after one)."""
         return {"train_time": self.train_time, "data_time": self.data_time, "skipped": self.skipped,
                 "bad_streak": self.bad_streak}
-
-
-@dataclass
-class StepResult:
-    loss: float  # mean over ranks of this step's loss
-    grad_norm: float
-    finite: bool  # the step counted as good (fp16: its loss was finite; the scaler handles overflows)
-    stop: bool  # some rank asked to stop: every rank gets the same answer
-    seconds: float
-    data_wait: float
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,6 +274,8 @@ def train(cfg: Config) -> dict:
     ranks other than 0), or ``{"stopped": ...}`` when a SIGINT/SIGTERM stopped it after a save."""
     tune_allocator()
     dist, device = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
+    configure_backends(device)
+    cfg = resolve_device_settings(cfg, device, warn=dist.is_main)
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
     total = cfg.schedule.total_iters
 
@@ -235,7 +287,7 @@ def train(cfg: Config) -> dict:
                       tensorboard=cfg.train.tensorboard, progress=cfg.train.progress)
     batches = step_batches(cfg, train_set, dist, device, progress.step)
     frozen = flow_frozen(progress.step, cfg.optim)
-    net = wrap_model(learner.model, frozen, dist, device)
+    net = wrap_model(learner.model, frozen, dist, device, cfg.train.compile)
     learner.model.train()
 
     with StopRequest() as stop:  # Ctrl-C / SIGTERM: every rank finishes the same step, saves, returns
@@ -244,26 +296,29 @@ def train(cfg: Config) -> dict:
             lr = set_lr(learner.optimizer, spec.lr_mult)
             if flow_frozen(step, cfg.optim) != frozen:
                 frozen = not frozen
-                net = wrap_model(learner.model, frozen, dist, device)
+                net = wrap_model(learner.model, frozen, dist, device, cfg.train.compile)
 
             result = train_step(net, learner, batches, cfg, device, stop)
-            progress.record(result)
-            if not result.finite:
-                tracker.write(f"step {step}: non-finite loss/gradient ({result.loss}, {result.grad_norm}); skipped")
-
-            if progress.step % cfg.train.log_every == 0 or progress.step == total or progress.bad_streak:
+            done = step + 1
+            read = (done % cfg.train.log_every == 0 or done == total or done % cfg.train.save_every == 0
+                    or result.stop or progress.bad_streak > 0)
+            values = progress.record(result, read)
+            if values is not None and values.new_bad:
+                tracker.write(f"step {done}: {values.new_bad} step(s) with a non-finite loss/gradient skipped "
+                              f"since the last log (this step: loss {values.loss}, gradient norm {values.grad_norm})")
+            if values is not None and (done % cfg.train.log_every == 0 or done == total or progress.bad_streak):
                 tracker.log_train({
-                    "step": progress.step, "wall_time": round(progress.train_time, 4), "loss": result.loss,
+                    "step": progress.step, "wall_time": round(progress.train_time, 4), "loss": values.loss,
                     "lr": lr, "stage": spec.stage, "num_frames": spec.num_frames, "patch_size": spec.patch_size,
                     "batch_size": spec.batch_size, "data_wait": round(result.data_wait, 5),
                     "compute": round(result.seconds - result.data_wait, 5), "skipped": progress.skipped,
                 })
-            if progress.bad_streak >= cfg.train.max_bad_steps:
+            if max(progress.bad_streak, progress.worst_streak) >= cfg.train.max_bad_steps:
                 tracker.close()
-                stop_non_finite(progress, ckpt, dist)
+                stop_non_finite(progress, ckpt, dist, cfg.train.max_bad_steps)
             tracker.update_bar(1, {
                 "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
-                "loss": f"{result.loss:.4f}", "lr": f"{lr:.2e}",
+                "loss": f"{progress.last_loss:.4f}", "lr": f"{lr:.2e}",
             })
 
             # Save first: a failing validation (or a stop request) must not cost the steps since the last save.
@@ -289,12 +344,25 @@ def train(cfg: Config) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+def resolve_device_settings(cfg: Config, device: torch.device, warn: bool = True) -> Config:
+    """``cfg`` with ``train.amp`` and ``train.channels_last`` as they apply on ``device`` (``auto``
+    resolved, see :func:`mgvsr.runtime.resolve_amp`); with ``warn``, one warning when bf16 was asked
+    for on a device that only emulates it."""
+    amp = resolve_amp(cfg.train.amp, device)
+    if warn:
+        warn_if_bf16_emulated(amp, device, "train.amp")
+    channels_last = resolve_channels_last(cfg.train.channels_last, device)
+    return replace(cfg, train=replace(cfg.train, amp=amp, channels_last=channels_last))
+
+
 def build_learner(cfg: Config, device: torch.device) -> Learner:
     """Model, EMA, optimiser and loss scaler, initialised identically on every rank (same seed)."""
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
+    if cfg.train.channels_last:
+        channels_last_model(model)
     ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     optimizer = make_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
@@ -331,13 +399,13 @@ def step_batches(cfg: Config, train_set, dist: DistInfo, device: torch.device, s
     return iter(loader)
 
 
-def wrap_model(model: nn.Module, frozen: bool, dist: DistInfo, device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, frozen: bool, dist: DistInfo, device: torch.device, compile: bool = False) -> nn.Module:
     """(Re)build the DDP wrapper with the flow network (un)frozen: DDP fixes its set of trainable
-    parameters at construction."""
+    parameters at construction. ``compile`` (``train.compile``): the module that runs the steps is
+    ``torch.compile``d (the checkpointed model stays the plain one; each new shape recompiles)."""
     set_flow_trainable(model, not frozen)
-    if not dist.enabled:
-        return model
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = model if not dist.enabled else DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if compile else net
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,10 +443,12 @@ def restore(state: dict, path: Path, cfg: Config, learner: Learner, dist: DistIn
     check_resumable(state, cfg, path)
     learner.model.load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])
-    # base_lr comes from this config (lr scaling may differ), the moments from the checkpoint
+    # base_lr comes from this config (lr scaling may differ), and so does the implementation (fused /
+    # foreach: a checkpoint written before fused Adam has neither set); the moments from the checkpoint.
     fresh = make_optimizer(learner.model, cfg.optim)
     for group, fresh_group in zip(learner.optimizer.param_groups, fresh.param_groups):
-        group["base_lr"] = fresh_group["base_lr"]
+        for key in ("base_lr", "fused", "foreach"):
+            group[key] = fresh_group[key]
     if learner.ema is not None:
         # A checkpoint written without EMA starts the average from the resumed weights.
         learner.ema.load_state_dict(state["ema"] if state.get("ema") is not None else learner.model.state_dict())
@@ -438,8 +508,9 @@ def save_checkpoint(ckpt: Checkpointer, learner: Learner, progress: Progress, cf
 def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config, device: torch.device,
                stop: StopRequest) -> StepResult:
     """Forward and backward over the step's micro-batches, clip, then the optimiser (and EMA) step
-    unless the loss or gradient is not finite. The loss all-reduce also carries whether this rank was
-    asked to stop (up to that moment), so the returned ``stop`` is the same on every rank."""
+    unless the loss or gradient is not finite, decided on the device. Under DDP the loss all-reduce
+    also carries whether this rank was asked to stop (up to that moment), so the returned ``stop`` is
+    the same on every rank (reading it is the one synchronisation of a DDP step)."""
     model, optimizer, scaler, accum = learner.model, learner.optimizer, learner.scaler, cfg.optim.accum_steps
     t_start = time.perf_counter()
     data_wait = 0.0
@@ -450,6 +521,8 @@ def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config,
         data_wait += time.perf_counter() - t_data
         lr_clip = lr_clip.to(device, non_blocking=True)
         hr_clip = hr_clip.to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            lr_clip, hr_clip = to_channels_last_clip(lr_clip), to_channels_last_clip(hr_clip)
         last_micro = micro == accum - 1
         sync = net.no_sync() if isinstance(net, DDP) and not last_micro else contextlib.nullcontext()
         with sync:
@@ -460,34 +533,42 @@ def train_step(net: nn.Module, learner: Learner, batches: Iterator, cfg: Config,
             (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_sum += loss.detach()
 
-    # Gradients are already averaged over ranks here, so every rank takes the same decision.
+    # Gradients are already averaged over ranks here, and so is the loss after the all-reduce, so
+    # every rank takes the same decision.
     if scaler is not None:
         scaler.unscale_(optimizer)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-    loss_value, stop_agreed = all_reduce_loss_and_stop(loss_sum, stop.requested is not None)
-    finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    grad_norm = gradient_norm([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
+    loss_mean, stop_agreed = all_reduce_loss_and_stop(loss_sum, stop.requested is not None)
+    loss_ok = torch.isfinite(loss_mean)
+    step_ok = loss_ok & torch.isfinite(grad_norm)
     if scaler is not None:
         # fp16: the scaler skips steps with inf/NaN gradients itself and lowers its scale; such
         # overflows are normal early on and count as bad steps only when the loss itself is not finite.
         scaler.step(optimizer)
         scaler.update()
-        finite = math.isfinite(loss_value)
-    elif finite:
-        optimizer.step()
-    if finite and learner.ema is not None and math.isfinite(grad_norm):
-        learner.ema.update(model)
+        bad = torch.logical_not(loss_ok)
+    else:
+        bad = torch.logical_not(step_ok)
+        optimizer_step(optimizer, bad.float())
+    if learner.ema is not None:
+        learner.ema.update(model, skip=torch.logical_not(step_ok))
     optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return StepResult(loss_value, grad_norm, finite, stop_agreed, time.perf_counter() - t_start, data_wait)
+    return StepResult(loss_mean, grad_norm, bad, stop_agreed, time.perf_counter() - t_start, data_wait)
+
+
+def gradient_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Total 2-norm of the gradients (a device tensor), clipping them to ``max_norm`` when > 0."""
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    # No clipping: the norm alone (clip_grad_norm_ with an infinite max_norm would scale by exactly 1).
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 def run_validation(learner: Learner, val_set, cfg: Config, tracker: Tracker, progress: Progress) -> None:
     """Score the published weights on the validation set (every rank scores its share of the clips),
     log them (rank 0's tracker writes) and keep them for the report."""
-    metrics = score_model(learner.eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp)
+    metrics = score_model(learner.eval_model, val_set, cfg.data.val.max_frames, cfg.train.amp,
+                          cfg.train.channels_last)
     progress.last_val = (progress.step, metrics)
     tracker.log_val({"step": progress.step, "wall_time": round(progress.train_time, 4), **metrics["average"]})
     learner.model.train()
@@ -509,12 +590,16 @@ def stopped(signal_name: Optional[str], step: int, ckpt: Checkpointer, dist: Dis
     return {"stopped": by, "step": step, "checkpoint": str(ckpt.path_for(step))}
 
 
-def stop_non_finite(progress: Progress, ckpt: Checkpointer, dist: DistInfo) -> NoReturn:
+def stop_non_finite(progress: Progress, ckpt: Checkpointer, dist: DistInfo, max_bad_steps: int) -> NoReturn:
     latest = ckpt.latest() if dist.is_main else None
     cleanup()
+    if progress.bad_streak >= max_bad_steps:
+        what = f"{progress.bad_streak} consecutive steps had a non-finite loss or gradient (last at step {progress.step - 1})"
+    else:  # the run of bad steps ended between two reads of the device counters
+        what = (f"{progress.worst_streak} consecutive steps had a non-finite loss or gradient (a run that ended "
+                f"before step {progress.step - 1}, seen at the step-{progress.step} log)")
     raise NonFiniteError(
-        f"{progress.bad_streak} consecutive steps had a non-finite loss or gradient (last at step "
-        f"{progress.step - 1}); stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
+        f"{what}; stopped. The last good checkpoint is intact: {latest or 'none written yet'}. "
         "Lower optim.lr, set optim.grad_clip, or check the data; resume with train.resume=auto."
     )
 

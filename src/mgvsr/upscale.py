@@ -367,14 +367,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mgvsr.models.loading import build_for_inference
-    from mgvsr.runtime import resolve_device
+    from mgvsr.runtime import channels_last_model, resolve_device
 
-    opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp)
+    opts = InferenceOptions(args.chunk, args.chunk_overlap, args.tile, args.tile_overlap, args.amp, args.channels_last)
     opts.check()
     # Probe input and output before the (slow) model build, so mistakes fail fast.
     open_source(args.input, args.fps)
     _check_output(Path(args.output), args.overwrite)
-    model, cfg = build_for_inference(args.weights, resolve_device(args.device), args.model, args.num_feat, args.num_block)
+    device = resolve_device(args.device)
+    opts = opts.on_device(device)
+    model, cfg = build_for_inference(args.weights, device, args.model, args.num_feat, args.num_block)
+    if opts.channels_last:
+        channels_last_model(model)
     report = upscale(args.input, args.output, model, opts, args.crf, args.fps, args.overwrite, not args.no_progress)
     rate = report.frames / report.seconds if report.seconds > 0 else float("nan")
     print(

@@ -30,6 +30,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
@@ -40,7 +41,8 @@ from torch import nn
 from mgvsr.errors import MgvsrError
 from mgvsr.metrics import tensor_to_uint8
 from mgvsr.models import forward_clip
-from mgvsr.runtime import AMP_CHOICES, autocast_context, model_device
+from mgvsr.runtime import (AMP_CHOICES, autocast_context, model_device, resolve_amp, to_channels_last_clip,
+                           warn_if_bf16_emulated)
 
 
 class InferenceError(MgvsrError, ValueError):
@@ -60,21 +62,35 @@ class InferenceOptions:
     chunk_overlap: int = 2  # context frames read (and discarded) on each side of a chunk
     tile: int = 0  # LR tile size in pixels
     tile_overlap: int = 16  # LR context pixels read (and cropped away) on each side of a tile
-    amp: str = "none"  # "bf16" / "fp16": autocast on devices that support it
+    amp: str = "none"  # "bf16" / "fp16": autocast on devices that support it; "auto": see runtime.resolve_amp
+    channels_last: bool = False  # clips in channels_last memory order (give the model the same layout)
 
     def check(self) -> None:
         for name in ("chunk", "chunk_overlap", "tile", "tile_overlap"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise InferenceError(f"{name}: must be an integer >= 0, got {value!r}")
+        if not isinstance(self.channels_last, bool):
+            raise InferenceError(f"channels_last: must be true or false, got {self.channels_last!r}")
         if self.amp not in AMP_CHOICES:
             raise InferenceError(f"amp: {self.amp!r} is not supported; choose one of {list(AMP_CHOICES)}")
+
+    def on_device(self, device: torch.device, where: str = "--amp") -> "InferenceOptions":
+        """These options with ``amp`` resolved for ``device`` (``auto`` -> bf16 or none); warns once
+        when bf16 was asked for on a device that only emulates it (the CLIs call this at start)."""
+        amp = resolve_amp(self.amp, device)
+        warn_if_bf16_emulated(amp, device, where)
+        return dataclasses.replace(self, amp=amp)
 
 
 def add_model_arguments(parser) -> None:
     """CLI flags shared by ``mgvsr eval`` and ``mgvsr upscale``: device, autocast, model overrides."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
+    parser.add_argument("--amp", choices=["none", "bf16", "auto"], default="none",
+                        help="bf16 autocast; auto = bf16 only where the device computes bf16 natively "
+                             "(bf16 on an AVX2-only CPU is emulated and much slower, see docs/performance.md)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and frames in the channels_last memory layout (often faster on CPU)")
     parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"],
                         help="override the model kind from the weights")
     parser.add_argument("--num-feat", type=int, help="override the width from the weights")
@@ -126,10 +142,13 @@ def _span(keep_start: int, size: int, overlap: int, min_read: int, length: int) 
 # --------------------------------------------------------------------------------------------------
 
 
-def _forward(model: nn.Module, clip: torch.Tensor, device: torch.device, amp: str) -> torch.Tensor:
+def _forward(model: nn.Module, clip: torch.Tensor, device: torch.device, opts: InferenceOptions) -> torch.Tensor:
     """One forward pass of ``(T, 3, h, w)``; returns float32 ``(T, 3, sh, sw)`` on ``device``."""
-    with torch.no_grad(), autocast_context(device, amp):
-        out = forward_clip(model, clip.to(device=device, dtype=torch.float32).unsqueeze(0))
+    x = clip.to(device=device, dtype=torch.float32).unsqueeze(0)
+    if opts.channels_last:
+        x = to_channels_last_clip(x)
+    with torch.no_grad(), autocast_context(device, opts.amp):
+        out = forward_clip(model, x)
     if out.dim() != 5 or out.shape[:3] != (1, clip.shape[0], clip.shape[1]):
         raise InferenceError(
             f"model returned shape {tuple(out.shape)} for input {(1, *clip.shape)}; "
@@ -142,7 +161,7 @@ def _run_tiled(model: nn.Module, clip: torch.Tensor, opts: InferenceOptions, dev
     """Super-resolve one temporal chunk, tiled in space when ``opts.tile`` is set."""
     h, w = clip.shape[-2:]
     if opts.tile <= 0 or (opts.tile >= h and opts.tile >= w):
-        return _forward(model, clip, device, opts.amp)
+        return _forward(model, clip, device, opts)
     # Edge tiles are widened inwards to a full tile, so every tile has the same input size.
     rows = plan_spans(h, opts.tile, opts.tile_overlap, min_read=opts.tile)
     cols = plan_spans(w, opts.tile, opts.tile_overlap, min_read=opts.tile)
@@ -150,7 +169,7 @@ def _run_tiled(model: nn.Module, clip: torch.Tensor, opts: InferenceOptions, dev
     scale = 0
     for r in rows:
         for c in cols:
-            piece = _forward(model, clip[..., r.read_start : r.read_end, c.read_start : c.read_end], device, opts.amp)
+            piece = _forward(model, clip[..., r.read_start : r.read_end, c.read_start : c.read_end], device, opts)
             if out is None:
                 scale = piece.shape[-2] // (r.read_end - r.read_start)
                 out = torch.empty(clip.shape[0], piece.shape[1], h * scale, w * scale)

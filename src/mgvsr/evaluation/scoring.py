@@ -245,7 +245,8 @@ def score_dataset(
     return _collect(protocol, method, scored, seconds)
 
 
-def score_model(model: nn.Module, dataset, max_frames: int = 0, amp: str = "none") -> dict[str, dict]:
+def score_model(model: nn.Module, dataset, max_frames: int = 0, amp: str = "none",
+                channels_last: bool = False) -> dict[str, dict]:
     """Validation scores of ``model`` (on its own device, whole clips, eval mode) on ``dataset``:
     the ``generic`` protocol (RGB and Y, no border) as :meth:`EvalResult.flat_scores`.
 
@@ -255,7 +256,7 @@ def score_model(model: nn.Module, dataset, max_frames: int = 0, amp: str = "none
     was_training = model.training
     model.eval()
     try:
-        upscale = model_upscaler(model, InferenceOptions(amp=amp))
+        upscale = model_upscaler(model, InferenceOptions(amp=amp, channels_last=channels_last))
         return score_dataset(upscale, dataset, PROTOCOLS["generic"], max_frames).flat_scores()
     finally:
         model.train(was_training)

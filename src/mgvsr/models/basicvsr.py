@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgvsr.models.blocks import ConvResidualBlocks, check_clip, flow_warp
+from mgvsr.models.blocks import ConvResidualBlocks, check_clip, flow_warp, same_layout
 from mgvsr.models.spynet import SpyNet
 
 # BasicSR hard-codes 64 channels in the HR part of the x4 upsampling head. Keep 64 to load released
@@ -55,8 +55,8 @@ class RecurrentVSRBase(nn.Module):
         b, t, c, h, w = x.shape
         if t == 1:
             return None, None
-        x_prev = x[:, :-1].reshape(-1, c, h, w)
-        x_next = x[:, 1:].reshape(-1, c, h, w)
+        x_prev = same_layout(x[:, :-1].reshape(-1, c, h, w), x[:, 0])
+        x_next = same_layout(x[:, 1:].reshape(-1, c, h, w), x[:, 0])
         flows = self.spynet(torch.cat([x_prev, x_next]), torch.cat([x_next, x_prev]))
         flows_backward, flows_forward = flows.view(2, b, t - 1, 2, h, w).unbind(0)
         return flows_forward, flows_backward
@@ -102,7 +102,7 @@ class BasicVSR(RecurrentVSRBase):
 
         # Backward-time propagation: frame T-1 down to 0.
         backward_feats: list[torch.Tensor] = [x.new_empty(0)] * t
-        feat = x.new_zeros(b, self.num_feat, h, w)
+        feat = same_layout(x.new_zeros(b, self.num_feat, h, w), x[:, 0])
         for i in range(t - 1, -1, -1):
             if i < t - 1:
                 feat = warp(feat, flows_backward[:, i])
@@ -111,7 +111,7 @@ class BasicVSR(RecurrentVSRBase):
 
         # Forward-time propagation, fusion and reconstruction, frame by frame.
         outputs = []
-        feat = x.new_zeros(b, self.num_feat, h, w)
+        feat = same_layout(x.new_zeros(b, self.num_feat, h, w), x[:, 0])
         for i in range(t):
             if i > 0:
                 feat = warp(feat, flows_forward[:, i - 1])

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgvsr.runtime import fp32_region, is_channels_last
+
 
 def init_residual_conv_(conv: nn.Conv2d, scale: float = 0.1) -> None:
     """Kaiming-normal init scaled by ``scale`` and zero bias (BasicSR's residual-block init)."""
@@ -73,11 +75,18 @@ def flow_warp(
     The output at pixel (i, j) samples ``x`` at ``(j + flow[..., 0], i + flow[..., 1])``; same
     convention and defaults as BasicSR's ``flow_warp`` (grid_sample, bilinear, zeros padding,
     ``align_corners=True``: pixel centres map to -1 and 1 at the borders).
+
+    Mixed precision: the grid is built and sampled in float32 (float64 for float64 inputs) whatever
+    the autocast state, and the result is returned in ``x``'s dtype. A bfloat16 grid has 8
+    significant bits: sampling positions would be off by up to 1/16 pixel on a 64-pixel patch, 1/3
+    pixel on a 320-pixel frame and over a pixel at 1280 (docs/performance.md). The result keeps ``x``'s
+    channels_last layout (grid_sample itself returns a contiguous tensor).
     """
     if x.shape[-2:] != flow.shape[1:3] or flow.shape[-1] != 2 or flow.shape[0] != x.shape[0]:
         raise ValueError(f"flow_warp: flow {tuple(flow.shape)} does not match features {tuple(x.shape)}")
     _, _, h, w = x.shape
-    dtype = flow.dtype if flow.dtype.is_floating_point else torch.float32
+    dtype = torch.float64 if torch.float64 in (x.dtype, flow.dtype) else torch.float32
+    flow = flow.to(dtype)
     gy, gx = torch.meshgrid(
         torch.arange(h, device=x.device, dtype=dtype),
         torch.arange(w, device=x.device, dtype=dtype),
@@ -85,8 +94,16 @@ def flow_warp(
     )
     vx = (gx + flow[..., 0]) * (2.0 / max(w - 1, 1)) - 1.0
     vy = (gy + flow[..., 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack((vx, vy), dim=-1).to(x.dtype)
-    return F.grid_sample(x, grid, mode=interp_mode, padding_mode=padding_mode, align_corners=align_corners)
+    grid = torch.stack((vx, vy), dim=-1)
+    with fp32_region(x):
+        out = F.grid_sample(x.to(dtype), grid, mode=interp_mode, padding_mode=padding_mode,
+                            align_corners=align_corners)
+    return same_layout(out.to(x.dtype), x)
+
+
+def same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in channels_last when ``like`` is a channels_last 4-D tensor, else ``t`` unchanged."""
+    return t.contiguous(memory_format=torch.channels_last) if is_channels_last(like) else t
 
 
 def check_clip(x: torch.Tensor, name: str, min_size: int = 1) -> None:

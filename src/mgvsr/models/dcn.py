@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgvsr.runtime import fp32_region
+
 IntPair = Union[int, tuple[int, int]]
 
 
@@ -86,10 +88,14 @@ def modulated_deform_conv2d(
     # grid_sample with align_corners=False maps pixel p to (2p + 1) / size - 1; zeros padding gives
     # exactly the "outside corners contribute zero" rule of the reference kernels.
     grid = torch.stack(((2 * pos_x + 1) / w - 1, (2 * pos_y + 1) / h - 1), dim=-1)
-    grid = grid.view(n * dg, taps * h_out, w_out, 2).to(x.dtype)
-    sampled = F.grid_sample(
-        x.reshape(n * dg, c // dg, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )  # (N*G, C/G, taps*Ho, Wo)
+    # The grid stays in float32 under autocast (a bfloat16 grid misplaces taps by up to 1/3 pixel on a
+    # 320-pixel input, see flow_warp); sampling runs in float32, the result in x's dtype.
+    grid = grid.view(n * dg, taps * h_out, w_out, 2)
+    with fp32_region(x):
+        sampled = F.grid_sample(
+            x.reshape(n * dg, c // dg, h, w).to(fdt), grid, mode="bilinear", padding_mode="zeros",
+            align_corners=False,
+        ).to(x.dtype)  # (N*G, C/G, taps*Ho, Wo)
     sampled = sampled.view(n, dg, c // dg, taps, h_out, w_out) * mask.reshape(n, dg, 1, taps, h_out, w_out)
 
     # Columns ordered (channel, tap) to match weight.view(C_out, C/groups * taps).

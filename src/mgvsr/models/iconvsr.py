@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgvsr.models.basicvsr import HR_FEAT, RecurrentVSRBase, warp
-from mgvsr.models.blocks import ConvResidualBlocks, check_clip
+from mgvsr.models.blocks import ConvResidualBlocks, check_clip, same_layout
 from mgvsr.models.edvr import EDVRFeatureExtractor
 from mgvsr.models.spynet import SpyNet
 
@@ -113,7 +113,7 @@ class IconVSR(RecurrentVSRBase):
 
         # Backward-time propagation with information-refill at keyframes.
         backward_feats: list[torch.Tensor] = [x.new_empty(0)] * t
-        feat = x.new_zeros(b, self.num_feat, h, w)
+        feat = same_layout(x.new_zeros(b, self.num_feat, h, w), x[:, 0])
         for i in range(t - 1, -1, -1):
             if i < t - 1:
                 feat = warp(feat, flows_backward[:, i])
@@ -124,7 +124,7 @@ class IconVSR(RecurrentVSRBase):
 
         # Forward-time propagation coupled with the backward features; reconstruct frame by frame.
         outputs = []
-        feat = x.new_zeros(b, self.num_feat, h, w)
+        feat = same_layout(x.new_zeros(b, self.num_feat, h, w), x[:, 0])
         for i in range(t):
             if i > 0:
                 feat = warp(feat, flows_forward[:, i - 1])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgvsr.models.blocks import flow_warp
+from mgvsr.models.blocks import flow_warp, same_layout
 from mgvsr.models.weights import load_weights_into
 
 NUM_LEVELS = 6
@@ -71,7 +71,7 @@ class SpyNet(nn.Module):
 
         n = ref.shape[0]
         coarse = pyramid[0]
-        flow = coarse.new_zeros(n, 2, coarse.shape[2], coarse.shape[3])
+        flow = same_layout(coarse.new_zeros(n, 2, coarse.shape[2], coarse.shape[3]), coarse)
         for level, images in enumerate(pyramid):
             ref_l, supp_l = images[:n], images[n:]
             if level > 0:
