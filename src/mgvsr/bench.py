@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from mgvsr import __version__
-from mgvsr.config import Config, ConfigError, TrainConfig, load_config, to_dict
+from mgvsr.config import Config, ConfigError, load_config, to_dict
 from mgvsr.errors import MgvsrError
 from mgvsr.tracking import plot_psnr_vs_time, read_val_log, write_json
 
@@ -66,19 +66,19 @@ class BenchError(MgvsrError, ValueError):
 # Variants: dotted overrides, or named presets
 # --------------------------------------------------------------------------------------------------
 
-# The recipes compared by the fast-training benchmark (docs/benchmarks.md). Overrides of keys this
-# build's config does not have (OPTIONAL_KEYS) are left out and the variant says so.
+# The recipes compared by the fast-training benchmark (docs/benchmarks.md). ``auto`` settings resolve
+# per device (mgvsr.runtime): bf16 only where it is native, channels_last on CUDA; each run's table row
+# shows what it actually computed in.
 PRESETS: dict[str, tuple[str, list[str]]] = {
-    "basicsr": ("BasicSR's recipe: fixed shape, fp32, contiguous",
-                ["schedule.kind=fixed", "train.amp=none", "train.channels_last=false"]),
-    "multigrid": ("multigrid schedule, fp32, contiguous",
-                  ["schedule.kind=multigrid", "train.amp=none", "train.channels_last=false"]),
-    "precision": ("fixed shape, bf16 autocast + channels_last",
-                  ["schedule.kind=fixed", "train.amp=bf16", "train.channels_last=true"]),
-    "fast": ("multigrid + bf16 autocast + channels_last",
-             ["schedule.kind=multigrid", "train.amp=bf16", "train.channels_last=true"]),
+    "basicsr": ("BasicSR's recipe: fixed shape, fp32, contiguous, torch's multi-tensor Adam",
+                ["schedule.kind=fixed", "train.amp=none", "train.channels_last=false", "optim.adam_impl=foreach"]),
+    "multigrid": ("multigrid schedule, fp32, contiguous, torch's multi-tensor Adam",
+                  ["schedule.kind=multigrid", "train.amp=none", "train.channels_last=false", "optim.adam_impl=foreach"]),
+    "precision": ("fixed shape, bf16 autocast + channels_last where the device runs them natively (auto)",
+                  ["schedule.kind=fixed", "train.amp=auto", "train.channels_last=auto", "optim.adam_impl=auto"]),
+    "fast": ("multigrid + bf16 autocast + channels_last where native (auto)",
+             ["schedule.kind=multigrid", "train.amp=auto", "train.channels_last=auto", "optim.adam_impl=auto"]),
 }
-OPTIONAL_KEYS = ("train.channels_last",)
 
 
 @dataclasses.dataclass
@@ -111,12 +111,6 @@ def _split_overrides(text: str) -> list[str]:
     return parts
 
 
-def _config_has(dotted: str) -> bool:
-    section, _, key = dotted.partition(".")
-    sections = {"train": TrainConfig}
-    return section in sections and key in {f.name for f in dataclasses.fields(sections[section])}
-
-
 def preset_variants(text: str) -> list[Variant]:
     """The presets named in ``text`` (comma-separated; ``all`` = every preset in table order)."""
     names = list(PRESETS) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
@@ -125,10 +119,7 @@ def preset_variants(text: str) -> list[Variant]:
         if name not in PRESETS:
             raise BenchError(f"--preset: unknown preset '{name}'; choose from {', '.join(PRESETS)} or all")
         description, overrides = PRESETS[name]
-        kept = [o for o in overrides if o.partition("=")[0] not in OPTIONAL_KEYS or _config_has(o.partition("=")[0])]
-        for dropped in (o for o in overrides if o not in kept and o.endswith("=true")):
-            description += f" ({dropped.partition('=')[0].split('.')[-1]}: not available in this build)"
-        variants.append(Variant(name, kept, description))
+        variants.append(Variant(name, list(overrides), description))
     return variants
 
 
@@ -225,13 +216,38 @@ def finished_run(run_dir: Path, cfg: Config) -> dict | None:
         saved = to_dict(load_config(config_path))
     except (OSError, ValueError, ConfigError):
         return None
-    current = to_dict(cfg)
+    current = to_dict(_resolved(cfg))
     for tree in (saved, current):
         for key in _COSMETIC_KEYS:
             tree["train"].pop(key, None)
     if saved != current or summary.get("steps") != cfg.schedule.total_iters or "val_psnr_y" not in summary:
         return None
     return summary
+
+
+def _resolved(cfg: Config) -> Config:
+    """``cfg`` with ``train.amp`` / ``train.channels_last`` ``auto`` resolved for the device the run
+    uses, as training saves them in the run's ``config.yaml``."""
+    from mgvsr.runtime import resolve_amp, resolve_channels_last, resolve_device  # torch: only when needed
+
+    try:
+        device = resolve_device(cfg.train.device)
+    except MgvsrError:
+        return cfg
+    train = dataclasses.replace(cfg.train, amp=resolve_amp(cfg.train.amp, device),
+                                channels_last=resolve_channels_last(cfg.train.channels_last, device))
+    return dataclasses.replace(cfg, train=train)
+
+
+def run_precision(run_dir: Path) -> str:
+    """What a finished run computed in, from its saved (resolved) config: ``fp32`` / ``bf16`` /
+    ``fp16``, with ``+cl`` for channels_last; ``?`` when the config cannot be read."""
+    try:
+        train = to_dict(load_config(run_dir / "config.yaml"))["train"]
+    except (OSError, ValueError, ConfigError):
+        return "?"
+    amp = train.get("amp", "none")
+    return ("fp32" if amp == "none" else amp) + ("+cl" if train.get("channels_last") is True else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,6 +501,7 @@ def run_variant(config: str, name: str, overrides: list[str], seed: int, out: Pa
         summary = train_run(config, cfg, args, name, seed, run_dir, threads)
     summary["variant"], summary["seed"] = name, seed
     summary["flops"] = run_flops(cfg)
+    summary["precision"] = run_precision(run_dir)
     summary["curve"] = read_val_log(run_dir / "val_log.csv")
     summary["cpu"] = {"segments": read_cpu_records(run_dir)}
     return summary
@@ -590,7 +607,8 @@ def per_run(results: dict[str, list[dict]], reference: str, min_cpu_share: float
     for name, runs in results.items():
         for i, (run, ref, check) in enumerate(zip(runs, results[reference], checks[name])):
             rows.append({
-                "variant": name, "seed": run.get("seed", i), "train_time_s": run["train_time_s"],
+                "variant": name, "seed": run.get("seed", i), "precision": run.get("precision", "?"),
+                "train_time_s": run["train_time_s"],
                 "val_psnr_y": run["val_psnr_y"], "val_ssim_y": run["val_ssim_y"],
                 "psnr_y_diff": run["val_psnr_y"] - ref["val_psnr_y"],
                 "speedup": ref["train_time_s"] / run["train_time_s"], "flops": run["flops"],
@@ -645,14 +663,14 @@ def format_table(table: dict, reference: str, runs: list[dict] | None = None,
 
 
 def format_runs(runs: list[dict]) -> list[str]:
-    head = (f"{'variant':<16}{'seed':>5}{'time (s)':>10}{'PSNR-Y':>8}{'SSIM-Y':>8}{'dPSNR-Y':>9}{'speedup':>9}"
+    head = (f"{'variant':<16}{'seed':>5}{'prec':>9}{'time (s)':>10}{'PSNR-Y':>8}{'SSIM-Y':>8}{'dPSNR-Y':>9}{'speedup':>9}"
             f"{'FLOPs':>11}{'wait':>7}{'cpu':>6}{'other':>6}{'load':>6}  timing")
     lines = ["per run (dPSNR-Y and speedup against the reference's run of the same seed):", head, "-" * len(head)]
     for r in runs:
         check = r["timing_check"]
         load = check.get("load_max")
         lines.append(
-            f"{r['variant']:<16}{r['seed']:>5}{r['train_time_s']:>10.1f}{r['val_psnr_y']:>8.3f}{r['val_ssim_y']:>8.4f}"
+            f"{r['variant']:<16}{r['seed']:>5}{r.get('precision', '?'):>9}{r['train_time_s']:>10.1f}{r['val_psnr_y']:>8.3f}{r['val_ssim_y']:>8.4f}"
             f"{r['psnr_y_diff']:>+9.3f}{r['speedup']:>8.2f}x{r['flops']:>11.3e}{100 * r['data_wait_share']:>6.1f}%"
             f"{_share(check.get('cpu_share')):>6}{_share(check.get('other_share'), percent=True):>6}"
             f"{'-' if load is None else f'{load:.1f}':>6}  {check['status']}"
