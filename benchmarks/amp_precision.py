@@ -49,7 +49,6 @@ from mgvsr.data.sampling import iter_clips
 from mgvsr.evaluation.runner import frames_to_tensor
 from mgvsr.losses import charbonnier
 from mgvsr.models import build_model
-from mgvsr.models.blocks import flow_warp
 from mgvsr.runtime import autocast_context, bf16_is_native, tune_allocator
 from mgvsr.train import StopRequest, build_learner, train_step
 
