@@ -294,13 +294,14 @@ def test_sigint_saves_the_step_exits_0_and_resume_from_a_moved_root_is_bit_ident
     monkeypatch.setattr(train_mod, "sr_loss", loss_then_sigint)
     stopped = write_config(tmp_path / "stopped.yaml", train_root, None, tmp_path / "stopped",
                            train={**train_cfg, "out_dir": str(tmp_path / "stopped")}, **sections)
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest itself runs in the background
     assert main(["train", str(stopped)]) == 0
     out = capsys.readouterr().out
     assert "stopped by SIGINT after step 3" in out and "--resume auto" in out
     run_dir = tmp_path / "stopped" / "t"
     assert _ckpt_steps(run_dir) == [3]
     assert not (run_dir / "weights").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
     # Moving the dataset does not block the resume, and the result is the uninterrupted run's.
     monkeypatch.setattr(train_mod, "sr_loss", real_loss)
