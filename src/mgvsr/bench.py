@@ -140,7 +140,11 @@ def resolve_variants(specs: list[tuple[str, str]] | None) -> list[Variant]:
 
 
 def machine_info() -> dict:
+    """What the numbers were measured on; ``cpu_isa`` and ``cpu_bf16_native`` because two machines
+    sold under the same name may differ in both (bf16 is 40x slower than fp32 where it is emulated)."""
     import torch
+
+    from mgvsr.runtime import bf16_is_native
 
     cpu = platform.processor()
     try:
@@ -153,6 +157,7 @@ def machine_info() -> dict:
     info = {
         "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "python": platform.python_version(), "platform": platform.platform(), "mgvsr": __version__,
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": bf16_is_native(torch.device("cpu")),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
