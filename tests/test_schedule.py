@@ -212,6 +212,25 @@ def test_large_minibatch_lr_scaling(scaling, world, accum, ref, expected):
     assert spec_at(cfg, 1, world_size=world).lr_mult == pytest.approx(expected * 2 / 4)  # gradual warmup
 
 
+def test_warmup_from_base_starts_at_the_unscaled_lr():
+    """Goyal et al.: a 4x batch with linear scaling warms up from optim.lr (x1) to 4x, linearly."""
+    cfg = make_cfg(optim=dict(lr_scaling="linear", ref_batch=2), kind="fixed", batch_size=8, total_iters=40,
+                   lr_policy="constant", warmup_iters=10, warmup_from="base")
+    mults = [spec_at(cfg, k).lr_mult for k in range(12)]
+    assert mults[0] == pytest.approx(1.0)  # the base LR exactly
+    assert mults[5] == pytest.approx(1.0 + 3.0 * 5 / 10)
+    assert mults[10:] == pytest.approx([4.0, 4.0])
+    assert all(b > a for a, b in zip(mults[:10], mults[1:11]))
+    # without large-minibatch scaling there is nothing to ramp from
+    flat = make_cfg(kind="fixed", total_iters=40, lr_policy="constant", warmup_iters=10, warmup_from="base")
+    assert [spec_at(flat, k).lr_mult for k in range(12)] == pytest.approx([1.0] * 12)
+    # lr_range stays exact with it
+    (phase,) = phases(cfg)
+    lo, hi = lr_range(cfg, phase)
+    assert lo == pytest.approx(min(spec_at(cfg, k).lr_mult for k in range(40)))
+    assert hi == pytest.approx(max(spec_at(cfg, k).lr_mult for k in range(40)))
+
+
 def test_lr_range_brackets_every_step():
     cfg = small_multigrid(lr_policy="cosine_restart", warmup_iters=15, restart_warmup_iters=5)
     for p in phases(cfg):

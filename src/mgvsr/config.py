@@ -157,6 +157,9 @@ class ScheduleConfig:
     # cycles long cycle), or constant. Warmup: linear from ~0 over the first warmup_iters steps.
     lr_policy: Literal["cosine", "cosine_restart", "constant"] = "cosine"
     warmup_iters: int = 0
+    # Where the warmup starts: zero (linear from ~0 to the LR) or base (Goyal et al. 2017: from the
+    # LR before large-minibatch scaling, optim.lr, linearly up to the scaled LR; no ramp without scaling).
+    warmup_from: Literal["zero", "base"] = "zero"
     # cosine_restart only: a linear warmup of this many steps at every restart (not the first stage).
     restart_warmup_iters: int = 0
     # Cycles schedule (Wu et al.): long-cycle shapes as (T fraction, spatial fraction) pairs, with

@@ -21,7 +21,10 @@ Conventions
 * ``lr_mult`` multiplies ``cfg.optim.lr``. It is the product of
   ``warmup(step) * policy(step) * (batch / schedule.batch_size) * large_batch``, where
 
-  - ``warmup(step) = (step + 1) / warmup_iters`` for ``step < warmup_iters``, else 1; with
+  - ``warmup(step) = (step + 1) / warmup_iters`` for ``step < warmup_iters``, else 1
+    (``warmup_from: zero``); with ``warmup_from: base`` (Goyal et al.: start at the unscaled LR)
+    ``warmup(step) = 1/g + (1 - 1/g) * step / warmup_iters``, ``g`` the ``large_batch`` factor below,
+    so the first step runs at exactly ``optim.lr``; with
     ``cosine_restart`` a stage other than the first also ramps ``(k + 1) / restart_warmup_iters`` over
     its first ``restart_warmup_iters`` steps ``k``;
   - ``policy`` is 1 for ``constant``; for the cosines it is
@@ -208,12 +211,16 @@ def _lr_mult(cfg: Config, step: int, phase: Phase, stage_start: int, stage_end: 
         mult = _cosine(step, s.total_iters, floor)
     else:  # cosine_restart
         mult = _cosine(step - stage_start, stage_end - stage_start, floor)
+    scale = large_batch_factor(cfg, world_size)
     if step < s.warmup_iters:
-        mult *= (step + 1) / s.warmup_iters
+        if s.warmup_from == "base":
+            mult *= 1.0 / scale + (1.0 - 1.0 / scale) * step / s.warmup_iters
+        else:
+            mult *= (step + 1) / s.warmup_iters
     if s.lr_policy == "cosine_restart" and phase.stage > 0 and step - stage_start < s.restart_warmup_iters:
         mult *= (step - stage_start + 1) / s.restart_warmup_iters
     mult *= phase.batch_size / s.batch_size
-    return mult * large_batch_factor(cfg, world_size)
+    return mult * scale
 
 
 def _stage_bounds(all_phases: Sequence[Phase], stage: int) -> tuple[int, int]:
