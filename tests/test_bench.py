@@ -88,6 +88,27 @@ def test_finished_run_is_reused_only_for_the_same_config(tmp_path):
     assert finished_run(run_dir, cfg) is None
 
 
+def test_auto_precision_settings_reuse_the_run_trained_with_what_they_resolved_to(tmp_path, monkeypatch):
+    """Training saves amp/channels_last resolved; a config asking for ``auto`` must still find that run,
+    and the table must say what the run computed in."""
+    args = ["schedule.total_iters=40", "train.device=cpu", "train.name=x"]
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"steps": 40, "val_psnr_y": 30.0, "train_time_s": 9.0}))
+    auto = load_config(None, [*args, "train.amp=auto", "train.channels_last=auto"])
+    monkeypatch.setattr("mgvsr.runtime.bf16_is_native", lambda device: False)
+    save_config(load_config(None, [*args, "train.amp=none", "train.channels_last=false"]), run_dir / "config.yaml")
+    assert finished_run(run_dir, auto) is not None and bench.run_precision(run_dir) == "fp32"
+    monkeypatch.setattr("mgvsr.runtime.bf16_is_native", lambda device: True)
+    assert finished_run(run_dir, auto) is None  # here auto would mean bf16: a different run
+    save_config(load_config(None, [*args, "train.amp=bf16", "train.channels_last=true"]), run_dir / "config.yaml")
+    assert finished_run(run_dir, auto) is None  # channels_last auto is off on a CPU
+    save_config(load_config(None, [*args, "train.amp=bf16", "train.channels_last=false"]), run_dir / "config.yaml")
+    assert finished_run(run_dir, auto) is not None and bench.run_precision(run_dir) == "bf16"
+    (run_dir / "config.yaml").write_text("train: {no_such_key: 1}\n")
+    assert bench.run_precision(run_dir) == "?"
+
+
 def test_reach_of_the_seed_averaged_curve():
     c0 = [{"step": 10, "wall_time": 10.0, "psnr_y": 29.0}, {"step": 20, "wall_time": 20.0, "psnr_y": 30.0}]
     c1 = [{"step": 10, "wall_time": 12.0, "psnr_y": 28.0}, {"step": 20, "wall_time": 22.0, "psnr_y": 29.8},
