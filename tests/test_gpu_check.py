@@ -30,7 +30,7 @@ def gc():
 def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
     """Every stage at toy sizes on a device without native bf16: fp32 step times of every schedule shape,
     the bf16 modes recorded as skipped, the scaled-batch shapes, a projection that matches its own step
-    times, and a 2-iteration basicsr-vs-multigrid bench (mgvsr bench's presets; fast needs bf16)."""
+    times, and a 2-iteration basicsr-vs-multigrid bench (mgvsr bench's presets; the multigrid one where bf16 is not native)."""
     monkeypatch.setattr(gc, "bf16_is_native", lambda device: False)  # the same on every CPU
     out = tmp_path / "check.json"
     # Generous budgets: a loaded CI machine must not turn this into a budget test (that one is below).

@@ -90,7 +90,8 @@ def add_model_arguments(parser) -> None:
                         help="bf16 autocast; auto = bf16 only where the device computes bf16 natively "
                              "(bf16 on an AVX2-only CPU is emulated and much slower, see docs/performance.md)")
     parser.add_argument("--channels-last", action="store_true",
-                        help="model and frames in the channels_last memory layout (often faster on CPU)")
+                        help="model and frames in the channels_last memory layout (the fast path on CUDA; "
+                             "slower on an AVX2 CPU, see docs/performance.md)")
     parser.add_argument("--model", choices=["basicvsr", "iconvsr", "edvr", "basicvsrpp"],
                         help="override the model kind from the weights")
     parser.add_argument("--num-feat", type=int, help="override the width from the weights")
