@@ -232,16 +232,15 @@ def finished_run(run_dir: Path, cfg: Config) -> dict | None:
 
 def _resolved(cfg: Config) -> Config:
     """``cfg`` with ``train.amp`` / ``train.channels_last`` ``auto`` resolved for the device the run
-    uses, as training saves them in the run's ``config.yaml``."""
-    from mgvsr.runtime import resolve_amp, resolve_channels_last, resolve_device  # torch: only when needed
+    uses, as training saves them in the run's ``config.yaml`` (the same function training calls)."""
+    from mgvsr.runtime import resolve_device  # torch and the training loop: only when needed
+    from mgvsr.train import resolve_device_settings
 
     try:
         device = resolve_device(cfg.train.device)
     except MgvsrError:
         return cfg
-    train = dataclasses.replace(cfg.train, amp=resolve_amp(cfg.train.amp, device),
-                                channels_last=resolve_channels_last(cfg.train.channels_last, device))
-    return dataclasses.replace(cfg, train=train)
+    return resolve_device_settings(cfg, device, warn=False)
 
 
 def run_precision(run_dir: Path) -> str:
