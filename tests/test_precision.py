@@ -397,6 +397,29 @@ def test_compile_flag_compiles_the_stepping_module(tmp_path, frames_root, monkey
     assert len(compiled) == 2  # frozen flow for step 1, then rebuilt when it unfreezes
 
 
+
+def test_step_time_benchmark_times_eager_and_compiled_steps(monkeypatch, capsys):
+    """benchmarks/step_time.py at a tiny size: a row per compile setting, the compiled one stepping
+    through torch.compile's module (faked here: a real compile takes minutes on a CPU)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "step_time", Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(bench.torch, "compile", fake_compile)
+    assert bench.main(["--feat", "4", "--blocks", "1", "--head", "4", "--batch", "1", "--frames", "2",
+                       "--patches", "16", "--compile", "off", "on", "--repeat", "2", "--no-tune"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(" none")]
+    assert [row[2] for row in rows] == ["off", "on"] and len(compiled) == 1
+    assert all(float(x) > 0 for row in rows for x in row[6:9])
+
 # ---- inference -------------------------------------------------------------------------------------
 
 
