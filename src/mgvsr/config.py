@@ -207,7 +207,8 @@ class TrainConfig:
     # Model, batches and validation clips in the channels_last memory layout (docs/performance.md);
     # auto = on for CUDA, off elsewhere.
     channels_last: Union[bool, Literal["auto"]] = False
-    # torch.compile the training module (opt-in: on this CPU it compiled for minutes and gained nothing).
+    # torch.compile the training module (opt-in: on a 2-core CPU it compiled for 230 s and stepped 8-18%
+    # slower, docs/performance.md).
     compile: bool = False
     log_every: int = 10
     val_every: int = 1000
