@@ -9,7 +9,7 @@ Each step is ``mgvsr.train.train_step`` on a learner built by ``mgvsr.train.buil
 config with ``train.amp`` / ``train.channels_last`` set: forward under autocast, the training loss,
 backward, gradient norm, the device-side non-finite check, fused Adam (and the EMA with
 ``--ema``), on random clips. The flow network is trainable (as after ``optim.fix_flow_iters``).
-Every (amp, layout) pair gets a fresh model with the same seed. One warm-up step, then ``--repeat``
+Every (amp, layout, compile) setting gets a fresh model with the same seed. One warm-up step, then ``--repeat``
 timed steps; prints the command, the machine, the first step's time (with ``--compile on`` it
 includes torch.compile's compilation for that shape) and the best and median time per shape.
 Used for docs/performance.md and the paper-scale projection in docs/benchmarks.md.

@@ -397,7 +397,6 @@ def test_compile_flag_compiles_the_stepping_module(tmp_path, frames_root, monkey
     assert len(compiled) == 2  # frozen flow for step 1, then rebuilt when it unfreezes
 
 
-
 def test_step_time_benchmark_times_eager_and_compiled_steps(monkeypatch, capsys):
     """benchmarks/step_time.py at a tiny size: a row per compile setting, the compiled one stepping
     through torch.compile's module (faked here: a real compile takes minutes on a CPU)."""
@@ -419,6 +418,7 @@ def test_step_time_benchmark_times_eager_and_compiled_steps(monkeypatch, capsys)
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(" none")]
     assert [row[2] for row in rows] == ["off", "on"] and len(compiled) == 1
     assert all(float(x) > 0 for row in rows for x in row[6:9])
+
 
 # ---- inference -------------------------------------------------------------------------------------
 
