@@ -204,3 +204,37 @@ def test_keyframe_features_match_basicsr_loop(small_models):
         for k in keyframes:
             ref = model.edvr(padded[:, k : k + 5])
             torch.testing.assert_close(ours[k], ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"name": "basicvsr", "num_feat": 8, "num_block": 1, "head_feat": 8},
+        {"name": "iconvsr", "num_feat": 8, "num_block": 1, "head_feat": 8},
+        {"name": "edvr", "num_feat": 8, "num_block": 1, "head_feat": 8, "num_frame": 3, "deformable_groups": 1,
+         "num_extract_block": 1},
+        {"name": "basicvsrpp", "num_feat": 8, "num_block": 1, "head_feat": 8},
+    ],
+    ids=lambda f: f["name"],
+)
+def test_zero_init_output_starts_at_the_bilinear_base(fields):
+    x = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    base = torch.nn.functional.interpolate(x.flatten(0, 1), scale_factor=4, mode="bilinear", align_corners=False)
+    base = base.view(1, 3, 3, 128, 128)
+    if fields["name"] == "edvr":  # one output: the centre frame
+        base = base[:, 1]
+    torch.manual_seed(0)
+    plain_model = build_model(ModelConfig(**fields)).eval()
+    torch.manual_seed(0)
+    zeroed_model = build_model(ModelConfig(**fields, zero_init_output=True)).eval()
+    with torch.no_grad():
+        plain, zeroed = plain_model(x), zeroed_model(x)
+    assert not torch.allclose(plain, base, atol=1e-4)  # BasicSR's init: base + a random residual
+    torch.testing.assert_close(zeroed, base, atol=1e-6, rtol=0)
+    # Only conv_last differs: every other parameter keeps BasicSR's init.
+    zeroed_state = zeroed_model.state_dict()
+    for name, value in plain_model.state_dict().items():
+        if name.startswith("conv_last."):
+            assert zeroed_state[name].abs().sum() == 0 and value.abs().sum() > 0
+        else:
+            torch.testing.assert_close(zeroed_state[name], value, atol=0, rtol=0)

@@ -65,6 +65,10 @@ class ModelConfig:
     cpu_cache_length: int = 100
     # Width of the HR part of the x4 head (BasicSR: 64; only 64 loads released checkpoints).
     head_feat: int = 64
+    # Start training from the model's upsampled-input baseline: the last conv of the x4 head
+    # (``conv_last``) starts at zero, so the untrained model outputs exactly its bilinear x4 base
+    # instead of base + noise (docs/benchmarks.md, "The demo recipe"). Off = BasicSR's init.
+    zero_init_output: bool = False
     scale: int = 4
     # Optional weights to start from (ours .safetensors or BasicSR/MMagic .pth).
     init_weights: Optional[str] = None

@@ -98,6 +98,11 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise ValueError(
             f"model.name: unknown model '{cfg.name}'; choose 'basicvsr', 'iconvsr', 'edvr' or 'basicvsrpp'"
         )
+    if cfg.zero_init_output:
+        # Every model here adds (an upsampled copy of) its input to the output of ``conv_last``.
+        conv_last = model.get_submodule("conv_last")
+        nn.init.zeros_(conv_last.weight)
+        nn.init.zeros_(conv_last.bias)
     if cfg.init_weights:
         load_into(model, read_weights(cfg.init_weights).best_state(), cfg.init_weights)
     return model
