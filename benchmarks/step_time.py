@@ -27,8 +27,9 @@ import torch
 
 from mgvsr.bench import machine_info
 from mgvsr.config import load_config
+from mgvsr.distributed import DistInfo
 from mgvsr.runtime import configure_backends, tune_allocator, warn_if_bf16_emulated
-from mgvsr.train import StopRequest, build_learner, train_step
+from mgvsr.train import StopRequest, build_learner, train_step, wrap_model
 
 
 def random_batches(batch: int, frames: int, patch: int, scale: int = 4):
@@ -42,10 +43,10 @@ def random_batches(batch: int, frames: int, patch: int, scale: int = 4):
 def step_times(cfg, device: torch.device, batch: int, frames: int, patch: int, repeat: int,
                compile: bool = False) -> list[float]:
     """Seconds of one warm-up step, then of ``repeat`` timed steps (device work included). With
-    ``compile`` the steps run through ``torch.compile(model)``, as ``train.compile`` does."""
+    ``compile`` the steps run through the module ``train.compile`` builds (``wrap_model``)."""
     learner = build_learner(cfg, device)
     learner.model.train()
-    net = torch.compile(learner.model) if compile else learner.model
+    net = wrap_model(learner.model, frozen=False, dist=DistInfo(), device=device, compile=compile)
     batches = random_batches(batch, frames, patch)
     stop = StopRequest()  # never entered: no signal handlers, never asks to stop
     times = []
