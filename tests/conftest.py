@@ -1,5 +1,8 @@
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +21,16 @@ def shared_data(name: str) -> Path:
         if path.is_file():
             return path
     return SHARED_DIRS[0] / "data" / name
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as module ``name`` (the folder is not a package). It is
+    registered in ``sys.modules`` so that its dataclasses resolve their module."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def needs_shared_data(name: str) -> pytest.MarkDecorator:

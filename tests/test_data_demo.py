@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from mgvsr.config import DatasetConfig
 from mgvsr.data import build_dataset, check_shape, iter_clips
@@ -32,10 +32,7 @@ def test_demo_data_loads_and_is_small():
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("data_throughput", REPO / "benchmarks" / "data_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("data_throughput")
 
 
 def test_benchmark_data_only(tmp_path, capsys):

@@ -3,12 +3,11 @@ projection's arithmetic, and a tiny real gloo measurement."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "basicvsr_reds_multigrid.yaml"  # 300k iterations, batch 4, T 15, patch 64
@@ -17,11 +16,7 @@ SHAPES = [(t, p) for p in (32, 48, 64) for t in (8, 11, 15)]
 
 @pytest.fixture(scope="module")
 def ddp():
-    spec = importlib.util.spec_from_file_location("ddp_projection", ROOT / "benchmarks" / "ddp_projection.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ddp_projection"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ddp_projection")
 
 
 def test_ring_model_and_its_fit(ddp):

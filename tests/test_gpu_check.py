@@ -3,28 +3,20 @@ skips and shortens what does not fit and says so."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gc():
-    return _load("gpu_check")
+    return load_benchmark("gpu_check")
 
 
 def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
@@ -93,7 +85,7 @@ def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
     assert 0 < data["budget"]["elapsed_s"] <= data["budget"]["total_s"]
 
     # ddp_projection reads this file (shapes at another batch are scaled by the full shape's batch curve).
-    ddp = _load("ddp_projection")
+    ddp = load_benchmark("ddp_projection")
     proj_out = tmp_path / "ddp.json"
     assert ddp.main(["--steps", str(out), "--mode", "fp32", "--no-measure", "--gloo-latency-us", "50",
                      "--gloo-busbw-gbs", "1", "--numel", "1000", "--json", str(proj_out), *gc.TINY_OVERRIDES]) == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 import torch
 import yaml
 from PIL import Image
@@ -142,11 +143,7 @@ def test_new_configs_load_and_schedule(path, capsys):
 
 def test_model_step_time_benchmark_smoke(tmp_path, capsys):
     """benchmarks/model_step_time.py at tiny sizes, one timed step: every schedule shape gets a median."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("model_step_time", ROOT / "benchmarks" / "model_step_time.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("model_step_time")
     out = tmp_path / "steps.json"
     rc = bench.main([str(ROOT / "configs" / "edvr_m_reds_multigrid.yaml"), "model.num_feat=8", "model.num_block=1",
                      "model.deformable_groups=2", "model.num_extract_block=1", "model.head_feat=8",

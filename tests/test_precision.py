@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 import torch
 import yaml
 from PIL import Image
@@ -400,12 +401,7 @@ def test_compile_flag_compiles_the_stepping_module(tmp_path, frames_root, monkey
 def test_step_time_benchmark_times_eager_and_compiled_steps(monkeypatch, capsys):
     """benchmarks/step_time.py at a tiny size: a row per compile setting, the compiled one stepping
     through torch.compile's module (faked here: a real compile takes minutes on a CPU)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "step_time", Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("step_time")
     compiled = []
 
     def fake_compile(module):
