@@ -23,17 +23,19 @@ while [[ "${1:-}" == --* ]]; do
   esac
 done
 
-fp32="train.amp=none,train.channels_last=false,optim.adam_impl=foreach"
-x4="schedule.batch_size=8,schedule.total_iters=125,optim.ref_batch=2,optim.fix_flow_iters=13,train.val_every=13"
-x2="schedule.batch_size=4,schedule.total_iters=250,optim.ref_batch=2,optim.fix_flow_iters=25,train.val_every=25"
+# Shared by every variant: fp32 as the two presets, the LR scaled from the reference batch 2 and
+# warmed up from the unscaled LR.
+common="train.amp=none,train.channels_last=false,optim.adam_impl=foreach,optim.ref_batch=2,schedule.warmup_from=base"
+x4="$common,schedule.batch_size=8,schedule.total_iters=125,optim.fix_flow_iters=13,train.val_every=13"
+x2="$common,schedule.batch_size=4,schedule.total_iters=250,optim.fix_flow_iters=25,train.val_every=25"
 declare -A variants=(
-  [mg_x4_sqrt]="schedule.kind=multigrid,$fp32,$x4,optim.lr_scaling=sqrt,schedule.warmup_iters=13,schedule.warmup_from=base"
-  [mg_x4_linear]="schedule.kind=multigrid,$fp32,$x4,optim.lr_scaling=linear,schedule.warmup_iters=31,schedule.warmup_from=base"
-  [fixed_x4_sqrt]="schedule.kind=fixed,$fp32,$x4,optim.lr_scaling=sqrt,schedule.warmup_iters=13,schedule.warmup_from=base"
-  [fixed_x4_linear]="schedule.kind=fixed,$fp32,$x4,optim.lr_scaling=linear,schedule.warmup_iters=31,schedule.warmup_from=base"
-  [mg_x2_sqrt]="schedule.kind=multigrid,$fp32,$x2,optim.lr_scaling=sqrt,schedule.warmup_iters=25,schedule.warmup_from=base"
-  [mg_x2_linear]="schedule.kind=multigrid,$fp32,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25,schedule.warmup_from=base"
-  [fixed_x2_linear]="schedule.kind=fixed,$fp32,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25,schedule.warmup_from=base"
+  [mg_x4_sqrt]="schedule.kind=multigrid,$x4,optim.lr_scaling=sqrt,schedule.warmup_iters=13"
+  [mg_x4_linear]="schedule.kind=multigrid,$x4,optim.lr_scaling=linear,schedule.warmup_iters=31"
+  [fixed_x4_sqrt]="schedule.kind=fixed,$x4,optim.lr_scaling=sqrt,schedule.warmup_iters=13"
+  [fixed_x4_linear]="schedule.kind=fixed,$x4,optim.lr_scaling=linear,schedule.warmup_iters=31"
+  [mg_x2_sqrt]="schedule.kind=multigrid,$x2,optim.lr_scaling=sqrt,schedule.warmup_iters=25"
+  [mg_x2_linear]="schedule.kind=multigrid,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25"
+  [fixed_x2_linear]="schedule.kind=fixed,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25"
 )
 order=(mg_x4_sqrt mg_x4_linear fixed_x4_sqrt fixed_x4_linear mg_x2_sqrt mg_x2_linear fixed_x2_linear)
 chosen=("$@")
