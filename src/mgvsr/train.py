@@ -318,7 +318,8 @@ def train(cfg: Config) -> dict:
                 stop_non_finite(progress, ckpt, dist, cfg.train.max_bad_steps)
             tracker.update_bar(1, {
                 "shape": f"{spec.num_frames}x{spec.patch_size}x{spec.batch_size}",
-                "loss": f"{progress.last_loss:.4f}", "lr": f"{lr:.2e}",
+                # The loss reaches the host on logging steps only; until the first one there is none to show.
+                "loss": "-" if math.isnan(progress.last_loss) else f"{progress.last_loss:.4f}", "lr": f"{lr:.2e}",
             })
 
             # Save first: a failing validation (or a stop request) must not cost the steps since the last save.
