@@ -20,8 +20,8 @@ c. ``projection``: per mode, the whole run as ``sum(iterations x step time)`` of
    against the fixed baseline (``benchmarks/projection.py``'s :func:`project_run`), with and without
    batch scaling, and every mode against BasicSR's recipe (fixed shape, fp32).
 d. ``side_by_side``: ``mgvsr bench --preset basicsr,fast`` (``mgvsr.bench.PRESETS``: BasicSR's recipe
-   against multigrid + bf16 + channels_last where native (``auto``); ``basicsr,multigrid`` where bf16
-   is skipped, see below) on
+   against multigrid + zero-initialised output conv + bf16 + channels_last where native (``auto``; so
+   fp32 where bf16 is skipped, see below)) on
    generated clips (``--bench-data``), each run sized to about ``--bench-seconds`` of training
    (iterations from a probe of the fp32 step time, or ``--bench-iters``); both runs' training times and
    final PSNR-Y.
@@ -476,7 +476,7 @@ def run_bench(cmd: list[str], env: dict, timeout_s: float) -> tuple[int | None, 
 
 def side_by_side(args: argparse.Namespace, budget: Budget, device: torch.device, train_device: str | None,
                  result: dict) -> None:
-    """``mgvsr bench --preset basicsr,<args.bench_preset>`` on generated clips; fills ``result`` as it goes."""
+    """``mgvsr bench --preset basicsr,fast`` on generated clips; fills ``result`` as it goes."""
     stage = "side_by_side"
     overhead = 25.0 if args.tiny else 60.0  # two process start-ups, data, validation, end-of-run reports
     seconds = args.bench_seconds
@@ -509,7 +509,7 @@ def _side_by_side(args: argparse.Namespace, budget: Budget, device: torch.device
         result["probe_step_s"] = step
     config = bench_config(args, data, iters, work / "bench.yaml")
     result.update(iters=iters, config=yaml.safe_load(config.read_text()))
-    cmd = [sys.executable, "-m", "mgvsr.cli", "bench", "--config", str(config), "--preset", f"basicsr,{args.bench_preset}",
+    cmd = [sys.executable, "-m", "mgvsr.cli", "bench", "--config", str(config), "--preset", "basicsr,fast",
            "--out", str(work / "bench")]
     if args.bench_threads:
         cmd += ["--threads", str(args.bench_threads)]
@@ -625,9 +625,6 @@ def main(argv: list[str] | None = None) -> int:
     bf16_native = bf16_is_native(device)
     skipped_modes = {} if bf16_native or args.force_bf16 else {
         mode: BF16_NOT_NATIVE for mode, (dtype, _) in MODES.items() if dtype == torch.bfloat16}
-    # Where bf16 is emulated the side-by-side compares BasicSR's recipe with the multigrid preset (fp32),
-    # as the step-time rows skip bf16. (The fast preset's amp=auto would also compute in fp32 there.)
-    args.bench_preset = "multigrid" if skipped_modes else "fast"
     budget = Budget(args.budget, args.stage_budgets)
     out_path = Path(args.json) if args.json else default_json_path(device)
     command = shlex.join(["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
@@ -710,11 +707,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_d() -> None:
         result["side_by_side"] = {}
-        if skipped_modes:
-            result["side_by_side"]["note"] = f"{BF16_NOT_NATIVE}: basicsr against the multigrid preset (fp32), not fast"
-        elif not bf16_native:
-            result["side_by_side"]["note"] = (f"--force-bf16 applies to the step-time rows only: the fast preset's "
-                                              f"amp=auto computes in fp32 here ({BF16_NOT_NATIVE})")
+        if not bf16_native:
+            result["side_by_side"]["note"] = (f"the fast preset's amp=auto computes in fp32 here ({BF16_NOT_NATIVE}); "
+                                              f"--force-bf16 applies to the step-time rows only")
         side_by_side(args, budget, device, None if args.device == "auto" else str(device), result["side_by_side"])
         for r in result["side_by_side"].get("runs", []):
             print(f"  {r['variant']:<8} {r['train_time_s']:8.1f} s  PSNR-Y {r['val_psnr_y']:.3f} dB  "

@@ -210,6 +210,8 @@ def test_presets_in_command_line_order():
     assert "train.amp=auto" in variants[2].overrides and "train.channels_last=auto" in variants[2].overrides
     fast = resolve_variants([("preset", "all")])[-1]
     assert fast.name == "fast" and "schedule.kind=multigrid" in fast.overrides
+    assert "model.zero_init_output=true" in fast.overrides
+    assert "model.zero_init_output=true" not in resolve_variants([("preset", "basicsr")])[0].overrides
     for name, (_, overrides) in bench.PRESETS.items():  # every preset is a valid config
         load_config(Path(__file__).resolve().parents[1] / "configs" / "bench.yaml", overrides)
     assert [v.name for v in resolve_variants(None)] == ["baseline", "multigrid"]

@@ -22,7 +22,7 @@ def gc():
 def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
     """Every stage at toy sizes on a device without native bf16: fp32 step times of every schedule shape,
     the bf16 modes recorded as skipped, the scaled-batch shapes, a projection that matches its own step
-    times, and a 2-iteration basicsr-vs-multigrid bench (mgvsr bench's presets; the multigrid one where bf16 is not native)."""
+    times, and a 2-iteration basicsr-vs-fast bench (mgvsr bench's presets; fast computes in fp32 where bf16 is not native)."""
     monkeypatch.setattr(gc, "bf16_is_native", lambda device: False)  # the same on every CPU
     out = tmp_path / "check.json"
     # Generous budgets: a loaded CI machine must not turn this into a budget test (that one is below).
@@ -73,7 +73,7 @@ def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
 
     sbs = data["side_by_side"]
     assert "error" not in sbs and "skipped" not in sbs, sbs
-    assert sbs["iters"] == 2 and [r["variant"] for r in sbs["runs"]] == ["basicsr", "multigrid"]
+    assert sbs["iters"] == 2 and [r["variant"] for r in sbs["runs"]] == ["basicsr", "fast"]
     for r in sbs["runs"]:
         assert r["train_time_s"] > 0 and math.isfinite(r["val_psnr_y"]) and r["val_psnr_y"] > 10
     assert sbs["config"]["model"]["num_feat"] == 4 and "basicsr" in sbs["table"]
