@@ -36,11 +36,11 @@ declare -A variants=(
   [mg_x2_sqrt]="schedule.kind=multigrid,$x2,optim.lr_scaling=sqrt,schedule.warmup_iters=25"
   [mg_x2_linear]="schedule.kind=multigrid,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25"
   [fixed_x2_linear]="schedule.kind=fixed,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25"
-  # The same with the last conv zero-initialised, as the fast preset (docs/benchmarks.md, section 7).
-  [mg_x4_sqrt_zero]="schedule.kind=multigrid,$x4,optim.lr_scaling=sqrt,schedule.warmup_iters=13,model.zero_init_output=true"
-  [mg_x2_linear_zero]="schedule.kind=multigrid,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25,model.zero_init_output=true"
-  [fixed_x2_linear_zero]="schedule.kind=fixed,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25,model.zero_init_output=true"
 )
+# The same with the last conv zero-initialised, as the fast preset (docs/benchmarks.md, section 7).
+for name in mg_x4_sqrt mg_x2_linear fixed_x2_linear; do
+  variants[${name}_zero]="${variants[$name]},model.zero_init_output=true"
+done
 order=(mg_x4_sqrt mg_x4_linear fixed_x4_sqrt fixed_x4_linear mg_x2_sqrt mg_x2_linear fixed_x2_linear
        mg_x4_sqrt_zero mg_x2_linear_zero fixed_x2_linear_zero)
 chosen=("$@")
