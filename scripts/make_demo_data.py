@@ -17,10 +17,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mgvsr.data.prepare import iter_chunks, parse_size, sha256_file, write_prepared
+import numpy as np
+
+from mgvsr.data.prepare import detail, iter_chunks, parse_size, sha256_file, write_prepared
 
 CREDIT = "Big Buck Bunny, (c) 2008 Blender Foundation, www.bigbuckbunny.org, CC-BY 3.0"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def mean_detail(frames: np.ndarray) -> float:
+    """The ranking the bundled clips were chosen by: the texture score (``detail``) of every 4th frame,
+    averaged. ``Chunk.detail`` keeps the flattest frame's score instead (what ``mgvsr prepare
+    --min-detail`` filters fades with), which would rank the candidates differently."""
+    return float(np.mean([detail(f) for f in frames[::4]]))
 
 
 def main() -> None:
@@ -42,6 +51,8 @@ def main() -> None:
     chunks = iter_chunks(video, args.clip_len, args.every, parse_size(args.hr_size), scale=4,
                          max_frames=args.last_frame)
     candidates = [c for c in chunks if c.change <= args.max_cut_change]
+    for c in candidates:
+        c.detail = mean_detail(c.frames)
     wanted = args.train_clips + args.val_clips
     chosen = []
     for c in sorted(candidates, key=lambda c: -c.detail):  # most detailed first, far apart

@@ -133,3 +133,22 @@ def test_write_prepared_from_frames_in_memory(tmp_path):
     val = _ds(tmp_path / "out", split="val")
     assert [c.name for c in val.clips] == ["c1"]
     np.testing.assert_array_equal(next(iter_clips(val))[2], frames[4:8])
+
+
+def test_demo_script_ranks_by_mean_detail():
+    """scripts/make_demo_data.py ranks clips by the mean texture score, as the bundled demo_data/ was
+    chosen; Chunk.detail (the flattest frame's score) would pick other clips."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_demo_data.py"
+    spec = importlib.util.spec_from_file_location("make_demo_data", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    frames = syn.smooth_clip(8, 32, 32, seed=5)
+    fade = frames.copy()
+    fade[0] = 0  # a black first frame: the flattest frame scores 0, the mean does not
+    per_frame = [prep.detail(f) for f in fade[::4]]
+    assert prep.detail(fade[::4]) == 0.0
+    assert script.mean_detail(fade) == pytest.approx(np.mean(per_frame))
+    assert script.mean_detail(fade) > 0
