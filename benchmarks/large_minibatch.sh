@@ -38,11 +38,11 @@ declare -A variants=(
   [fixed_x2_linear]="schedule.kind=fixed,$x2,optim.lr_scaling=linear,schedule.warmup_iters=25"
 )
 # The same with the last conv zero-initialised, as the fast preset (docs/benchmarks.md, section 7).
-for name in mg_x4_sqrt mg_x2_linear fixed_x2_linear; do
+for name in mg_x4_sqrt mg_x4_linear mg_x2_linear fixed_x2_linear; do
   variants[${name}_zero]="${variants[$name]},model.zero_init_output=true"
 done
 order=(mg_x4_sqrt mg_x4_linear fixed_x4_sqrt fixed_x4_linear mg_x2_sqrt mg_x2_linear fixed_x2_linear
-       mg_x4_sqrt_zero mg_x2_linear_zero fixed_x2_linear_zero)
+       mg_x4_sqrt_zero mg_x4_linear_zero mg_x2_linear_zero fixed_x2_linear_zero)
 chosen=("$@")
 if [[ ${#chosen[@]} -eq 0 ]]; then chosen=("${order[@]}"); fi
 
