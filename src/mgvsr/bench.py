@@ -70,18 +70,19 @@ class BenchError(MgvsrError, ValueError):
 # per device (mgvsr.runtime): bf16 only where it is native, channels_last on CUDA; each run's table row
 # shows what it actually computed in. ``model.zero_init_output`` starts the model at its bilinear base,
 # which shortens the start-up plateau (docs/benchmarks.md, section 7); ``zero_init`` measures it alone.
-_BASICSR = ["schedule.kind=fixed", "train.amp=none", "train.channels_last=false", "optim.adam_impl=foreach"]
+_FP32 = ["train.amp=none", "train.channels_last=false", "optim.adam_impl=foreach"]
+_AUTO = ["train.amp=auto", "train.channels_last=auto", "optim.adam_impl=auto"]
+_BASICSR = ["schedule.kind=fixed", *_FP32]
 PRESETS: dict[str, tuple[str, list[str]]] = {
     "basicsr": ("BasicSR's recipe: fixed shape, fp32, contiguous, torch's multi-tensor Adam", _BASICSR),
     "multigrid": ("multigrid schedule, fp32, contiguous, torch's multi-tensor Adam",
-                  ["schedule.kind=multigrid", "train.amp=none", "train.channels_last=false", "optim.adam_impl=foreach"]),
+                  ["schedule.kind=multigrid", *_FP32]),
     "precision": ("fixed shape, bf16 autocast + channels_last where the device runs them natively (auto)",
-                  ["schedule.kind=fixed", "train.amp=auto", "train.channels_last=auto", "optim.adam_impl=auto"]),
+                  ["schedule.kind=fixed", *_AUTO]),
     "zero_init": ("BasicSR's recipe with the last conv zero-initialised (fast's init, alone)",
                   [*_BASICSR, "model.zero_init_output=true"]),
     "fast": ("multigrid + last conv zero-initialised + bf16 autocast + channels_last where native (auto)",
-             ["schedule.kind=multigrid", "train.amp=auto", "train.channels_last=auto", "optim.adam_impl=auto",
-              "model.zero_init_output=true"]),
+             ["schedule.kind=multigrid", *_AUTO, "model.zero_init_output=true"]),
 }
 
 
