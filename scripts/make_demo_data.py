@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mgvsr.data.prepare import detail, iter_chunks, parse_size, sha256_file, write_prepared
+from mgvsr.data.prepare import frame_details, iter_chunks, parse_size, sha256_file, write_prepared
 
 CREDIT = "Big Buck Bunny, (c) 2008 Blender Foundation, www.bigbuckbunny.org, CC-BY 3.0"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def mean_detail(frames: np.ndarray) -> float:
-    """The ranking the bundled clips were chosen by: the texture score (``detail``) of every 4th frame,
-    averaged. ``Chunk.detail`` keeps the flattest frame's score instead (what ``mgvsr prepare
-    --min-detail`` filters fades with), which would rank the candidates differently."""
-    return float(np.mean([detail(f) for f in frames[::4]]))
+    """The ranking the bundled clips were chosen by: the texture score of every 4th frame, averaged.
+    ``Chunk.detail`` keeps the flattest frame's score instead (what ``mgvsr prepare --min-detail``
+    filters fades with), which would rank the candidates differently."""
+    return float(frame_details(frames[::4]).mean())
 
 
 def main() -> None:

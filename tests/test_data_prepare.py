@@ -148,7 +148,8 @@ def test_demo_script_ranks_by_mean_detail():
     frames = syn.smooth_clip(8, 32, 32, seed=5)
     fade = frames.copy()
     fade[0] = 0  # a black first frame: the flattest frame scores 0, the mean does not
-    per_frame = [prep.detail(f) for f in fade[::4]]
+    per_frame = [prep.detail(f) for f in fade[::4]]  # one frame at a time: its own score
     assert prep.detail(fade[::4]) == 0.0
+    np.testing.assert_allclose(prep.frame_details(fade[::4]), per_frame, rtol=1e-6)
     assert script.mean_detail(fade) == pytest.approx(np.mean(per_frame))
     assert script.mean_detail(fade) > 0

@@ -72,14 +72,19 @@ def resize_frame(frame: np.ndarray, hw: Optional[tuple[int, int]], scale: int) -
     return frame[:h, :w]
 
 
-def detail(frames: np.ndarray) -> float:
-    """Texture score of the clip's flattest frame: mean absolute horizontal+vertical luma gradient
-    (0-255 scale). A fade from black scores ~0 even if its last frames are detailed."""
+def frame_details(frames: np.ndarray) -> np.ndarray:
+    """Texture score of each frame (T, H, W, 3) or of one frame (H, W, 3): mean absolute
+    horizontal+vertical luma gradient (0-255 scale)."""
     y = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     if y.ndim == 2:
         y = y[None]
-    per_frame = np.abs(np.diff(y, axis=-1)).mean(axis=(-2, -1)) + np.abs(np.diff(y, axis=-2)).mean(axis=(-2, -1))
-    return float(per_frame.min())
+    return np.abs(np.diff(y, axis=-1)).mean(axis=(-2, -1)) + np.abs(np.diff(y, axis=-2)).mean(axis=(-2, -1))
+
+
+def detail(frames: np.ndarray) -> float:
+    """Texture score of the clip's flattest frame (:func:`frame_details`). A fade from black scores
+    ~0 even if its last frames are detailed."""
+    return float(frame_details(frames).min())
 
 
 def max_frame_change(frames: np.ndarray) -> float:
