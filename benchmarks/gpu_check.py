@@ -10,12 +10,15 @@ a. ``step_times``: one training step (forward, the config's loss in fp32 on the 
    64/30 of ``configs/basicvsr_reds_multigrid.yaml``) at every distinct (T, patch, batch) of the
    multigrid schedule (``mgvsr.schedule.phases``) and the fixed baseline's shape, in three modes:
    ``fp32``, ``bf16`` (autocast) and ``bf16_cl`` (autocast + model and clips in channels_last).
-   ``--warmup`` steps are not timed; the median of ``--repeat`` timed steps is reported. Then, at lowest
-   priority, the full shape at the batches of ``--sweep-batches`` (per-device batch sizes that
-   ``benchmarks/ddp_projection.py`` needs for large minibatches).
+   ``--warmup`` steps are not timed; the median of ``--repeat`` timed steps is reported (at least
+   ``MIN_TIMED`` unless the stage deadline comes first), with the first step's time (``first_step_s``:
+   cuDNN autotuning of a new shape lands there) and the measurement's wall clock. Priority, for when
+   time runs short: fp32 and bf16_cl at every shape, then the full shape at the batches of
+   ``--sweep-batches`` (per-device batch sizes that ``benchmarks/ddp_projection.py`` needs for large
+   minibatches), then plain bf16 (no recipe of its own).
 b. ``scaled_batch``: the same at the shapes of the schedule with Wu et al.'s batch scaling
    (``schedule.scale_batch=true``: the per-phase batch the schedule gives; shapes already timed in (a)
-   are reused).
+   are reused); fp32 and bf16_cl first, plain bf16 last.
 c. ``projection``: per mode, the whole run as ``sum(iterations x step time)`` of the multigrid schedule
    against the fixed baseline (``benchmarks/projection.py``'s :func:`project_run`), with and without
    batch scaling, and every mode against BasicSR's recipe (fixed shape, fp32).
@@ -31,8 +34,10 @@ with AVX512-BF16/AMX); elsewhere autocast emulates it, tens of times slower than
 are recorded as skipped ("bf16 not native on this device") unless ``--force-bf16`` is given.
 
 ``--budget-s`` (default 420 s) limits the whole check. Every stage checks the clock: a measurement
-that would overrun its stage's deadline is shortened (fewer timed steps) or skipped, and the JSON says which (``budget``). A stage may use the time earlier
-stages left over, never the time reserved for the stages after it. ``--tiny`` runs everything at toy
+that would overrun its stage's deadline is shortened (fewer timed steps) or skipped, and the JSON says
+which (``budget``). A measurement is expected to cost its steps plus the median overhead of the
+measurements before it (on the H200 about 4 s per new shape, against 1.2 s of steps). A stage may use
+the time earlier stages left over, never the time reserved for the stages after it. ``--tiny`` runs everything at toy
 sizes on any device (the test suite runs it on the CPU). The JSON goes to ``--json``, else
 ``$OUT/gpu_check_<device>_<date>.json`` when ``$OUT`` is set, else ``docs/results/``; it is rewritten
 after every stage, so a killed check keeps what it measured. The exit status is 1 when a stage failed
@@ -80,10 +85,18 @@ MODES: dict[str, tuple[torch.dtype | None, bool]] = {
     "fp32": (None, False), "bf16": (torch.bfloat16, False), "bf16_cl": (torch.bfloat16, True),
 }
 MEASURE_ORDER = ("fp32", "bf16_cl", "bf16")
+# Plain bf16 (without channels_last) is no recipe of its own, only the step between the two: its rows
+# come last in each stage (after the batch sweep), so a short budget drops them first.
+SECONDARY_MODES = ("bf16",)
+# Timed steps a measurement keeps even past its fair share of the stage (only the deadline cuts it):
+# on the H200 (2026-11-30) single-step medians varied by up to +-20%, while a step cost a fraction of
+# the first-step overhead of a new shape.
+MIN_TIMED = 3
 STAGES = ("step_times", "scaled_batch", "projection", "side_by_side")
 # Nominal stage budgets; they add up to the default total. The side-by-side stage fits two runs of
-# --bench-seconds (70 s) plus about 60 s of start-up, data and validation: about 3 minutes.
-DEFAULT_STAGE_BUDGETS = {"step_times": 140.0, "scaled_batch": 70.0, "projection": 10.0, "side_by_side": 200.0}
+# --bench-seconds (60 s) plus about 50 s of data, probe, start-ups and validation (measured on the H200,
+# 2026-11-30): about 3 minutes. The scaled-batch stage times as many shapes as the schedule stage (8 vs 9).
+DEFAULT_STAGE_BUDGETS = {"step_times": 140.0, "scaled_batch": 100.0, "projection": 10.0, "side_by_side": 170.0}
 # The issue's 8 minutes (480 s), less a margin for start-up, the bench's SIGTERM grace (15 s) and writing.
 DEFAULT_BUDGET_S = 420.0
 # --tiny: toy model and shapes (any device, seconds on a CPU); the schedule's structure (spatial stages
@@ -205,28 +218,34 @@ def is_oom(err: BaseException) -> bool:
     return "out of memory" in str(err).lower()
 
 
-def measure(timer: StepTimer, shape: Shape, warmup: int, repeat: int, deadline: float, fair_share_s: float) -> dict:
-    """Warm up, then time up to ``repeat`` steps: as many as fit in ``fair_share_s`` (at least one) and
-    before ``deadline``. Returns median/min/max seconds, the number of timed steps and peak memory."""
+def measure(timer: StepTimer, shape: Shape, warmup: int, repeat: int, deadline: float, fair_share_s: float,
+            min_timed: int = MIN_TIMED) -> dict:
+    """Warm up, then time up to ``repeat`` steps: at least ``min_timed`` of them unless the deadline comes
+    first, more while they fit in ``fair_share_s`` and before ``deadline``. Returns median/min/max
+    seconds, the number of timed steps, the first step's seconds (``first_step_s``: cuDNN autotuning and
+    first allocations of a new shape land there), the whole measurement's wall clock and peak memory."""
     device = timer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.monotonic()
     oom = False
+    first: float | None = None
     try:
         lr, hr = timer.inputs(shape)
         last = 0.0
         for _ in range(warmup):
             last = timer.step(lr, hr)
+            first = last if first is None else first
         times: list[float] = []
         for i in range(repeat):
             estimate = times[-1] if times else last
             now = time.monotonic()
-            if i > 0 and (now + estimate > deadline or now - start + estimate > fair_share_s):
-                break
             if i == 0 and now + estimate > deadline:
                 return {"skipped": "no time left for a timed step after the warm-up"}
+            if i > 0 and (now + estimate > deadline or (i >= min_timed and now - start + estimate > fair_share_s)):
+                break
             times.append(timer.step(lr, hr))
+            first = times[0] if first is None else first
     except RuntimeError as err:  # torch's OutOfMemoryError is a RuntimeError (in every version)
         if not is_oom(err):
             raise
@@ -237,12 +256,18 @@ def measure(timer: StepTimer, shape: Shape, warmup: int, repeat: int, deadline: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return {"error": "out of memory"}
-    result = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
+    result = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times),
+              "first_step_s": first, "wall_s": time.monotonic() - start}
     if len(times) < repeat:
         result["shortened"] = f"{len(times)} of {repeat} timed steps (time budget)"
     if device.type == "cuda":
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return result
+
+
+def overhead_s(result: dict, warmup: int) -> float:
+    """Seconds a measurement spent beyond its steps at their median (first-step autotuning, inputs)."""
+    return max(0.0, result["wall_s"] - (warmup + result["n"]) * result["median_s"])
 
 
 def pixels(shape: Shape) -> int:
@@ -263,16 +288,23 @@ def estimate(results: dict[str, dict[str, dict]], mode: str, shape: Shape) -> fl
 
 
 def time_shapes(cfg: Config, items: list[tuple[str, Shape]], results: dict[str, dict[str, dict]], stage: str,
-                budget: Budget, device: torch.device, warmup: int, repeat: int) -> None:
-    """Time every (mode, shape) of ``items`` into ``results[mode][key]``, skipping what does not fit."""
+                budget: Budget, device: torch.device, warmup: int, repeat: int,
+                overheads: list[float] | None = None) -> None:
+    """Time every (mode, shape) of ``items`` into ``results[mode][key]``, skipping what does not fit.
+    A measurement is expected to cost its warm-up and at least ``MIN_TIMED`` timed steps plus the median
+    overhead of the measurements so far (``overheads``, shared across stages and extended here): on a
+    GPU the first step of each new shape takes seconds more than the rest (cuDNN autotuning)."""
+    overheads = [] if overheads is None else overheads
     timers: dict[str, StepTimer] = {}
     try:
         for i, (mode, shape) in enumerate(items):
             left = budget.left(stage)
-            expected = estimate(results, mode, shape)
-            if left <= 0 or (expected is not None and expected * (warmup + 1) > left):
+            step = estimate(results, mode, shape)
+            overhead = statistics.median(overheads) if overheads else 0.0
+            expected = None if step is None else step * (warmup + min(repeat, MIN_TIMED)) + overhead
+            if left <= 0 or (expected is not None and expected > left):
                 results[mode][key(shape)] = {"skipped": f"stage {stage}: {max(left, 0):.0f} s left, "
-                                             f"about {(expected or 0) * (warmup + 1):.0f} s needed"}
+                                             f"about {expected or 0:.0f} s needed"}
                 budget.note(stage, f"skipped {mode} {key(shape)} (time budget)")
                 continue
             if mode not in timers:
@@ -283,9 +315,10 @@ def time_shapes(cfg: Config, items: list[tuple[str, Shape]], results: dict[str, 
             r = measure(timers[mode], shape, warmup, repeat, budget.deadline(stage), fair)
             results[mode][key(shape)] = r
             if "median_s" in r:
+                overheads.append(overhead_s(r, warmup))
                 extra = f" ({r['shortened']})" if "shortened" in r else ""
                 print(f"  {mode:>7} T={shape[0]:>3} patch={shape[1]:>3} batch={shape[2]:>3}  median {r['median_s']:.4f} s"
-                      f"  [{r['min_s']:.4f}, {r['max_s']:.4f}] x{r['n']}{extra}", flush=True)
+                      f"  [{r['min_s']:.4f}, {r['max_s']:.4f}] x{r['n']}  first {r['first_step_s']:.2f} s{extra}", flush=True)
             else:
                 budget.note(stage, f"{mode} {key(shape)}: {r.get('error') or r.get('skipped')}")
     finally:
@@ -478,7 +511,7 @@ def side_by_side(args: argparse.Namespace, budget: Budget, device: torch.device,
                  result: dict) -> None:
     """``mgvsr bench --preset basicsr,fast`` on generated clips; fills ``result`` as it goes."""
     stage = "side_by_side"
-    overhead = 25.0 if args.tiny else 60.0  # two process start-ups, data, validation, end-of-run reports
+    overhead = 25.0 if args.tiny else 50.0  # data, probe, two process start-ups, validation, end-of-run reports
     seconds = args.bench_seconds
     fit = (budget.left(stage) - overhead) / 2
     if fit < seconds:
@@ -573,7 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-flops", action="store_true", help="leave the FLOP ratio out of the projection")
     p.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on",
                    help="torch.backends.cudnn.benchmark for every mode (BasicSR trains with it on)")
-    p.add_argument("--bench-seconds", type=float, default=None, help="training seconds per side-by-side run (default 70; tiny 2)")
+    p.add_argument("--bench-seconds", type=float, default=None, help="training seconds per side-by-side run (default 60; tiny 2)")
     p.add_argument("--bench-iters", type=int, default=None,
                    help="iterations per side-by-side run (default: sized from a probe to --bench-seconds; tiny 2)")
     p.add_argument("--keep-work", action="store_true", help="keep the side-by-side run folders and data (temporary folder)")
@@ -590,7 +623,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     tiny = args.tiny
     defaults = {"budget": (DEFAULT_BUDGET_S, TINY_BUDGET_S), "warmup": (2, 1), "repeat": (5, 1), "sweep_batches": ("2,8,16", "4"),
-                "bench_seconds": (70.0, 2.0), "bench_iters": (0, 2), "bench_feat": (64, 4), "bench_blocks": (30, 1),
+                "bench_seconds": (60.0, 2.0), "bench_iters": (0, 2), "bench_feat": (64, 4), "bench_blocks": (30, 1),
                 "bench_shape": ([10, 64, 4], [4, 24, 1])}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
@@ -687,18 +720,24 @@ def main(argv: list[str] | None = None) -> int:
         budget.report[stage]["used_s"] = round(time.monotonic() - started, 1)
         save()
 
+    main_modes = [mode for mode in timed_modes if mode not in SECONDARY_MODES]
+    secondary_modes = [mode for mode in timed_modes if mode in SECONDARY_MODES]
+    overheads: list[float] = []  # per-measurement overhead seconds, shared by the two timing stages
+
     def stage_a() -> None:
-        items = [(mode, shape) for mode in timed_modes for shape in shapes]
-        items += [(mode, shape) for mode in ("fp32", "bf16_cl") if mode in timed_modes for shape in sweep]  # lowest priority
-        time_shapes(cfg, items, steps, "step_times", budget, device, args.warmup, args.repeat)
+        # Priority: fp32 and bf16_cl at every schedule shape, then the batch sweep, then plain bf16.
+        items = [(mode, shape) for mode in main_modes for shape in shapes]
+        items += [(mode, shape) for mode in ("fp32", "bf16_cl") if mode in timed_modes for shape in sweep]
+        items += [(mode, shape) for mode in secondary_modes for shape in shapes]
+        time_shapes(cfg, items, steps, "step_times", budget, device, args.warmup, args.repeat, overheads)
 
     def stage_b() -> None:
         extra = sorted({(p.num_frames, p.patch_size, p.batch_size) for p in phases(scaled_cfg)} - set(shapes), key=pixels)
         result["scaled_batch_shapes"] = [list(x) for x in extra]
         for mode, reason in skipped_modes.items():
             scaled[mode].update({key(shape): {"skipped": reason} for shape in extra})
-        items = [(mode, shape) for mode in timed_modes for shape in extra]
-        time_shapes(scaled_cfg, items, scaled, "scaled_batch", budget, device, args.warmup, args.repeat)
+        items = [(mode, shape) for mode in [*main_modes, *secondary_modes] for shape in extra]
+        time_shapes(scaled_cfg, items, scaled, "scaled_batch", budget, device, args.warmup, args.repeat, overheads)
 
     def stage_c() -> None:
         proj = projections(cfg, scaled_cfg, steps, scaled, not args.no_flops, skipped_modes)

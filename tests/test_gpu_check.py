@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_tiny_run_on_cpu(gc, tmp_path, capsys, monkeypatch):
     for shape in data["shapes"]:
         entry = data["step_times"]["fp32"][gc.key(tuple(shape))]
         assert entry["median_s"] > 0 and entry["n"] == 1 and entry["min_s"] <= entry["median_s"] <= entry["max_s"]
+        assert entry["first_step_s"] > 0 and entry["wall_s"] >= entry["median_s"]
     assert data["step_times"]["fp32"]["T4_p24_b4"]["median_s"] > 0  # the batch sweep at the full shape
     assert data["settings"]["bf16"] == {"native": False, "forced": False, "skipped_modes": ["bf16", "bf16_cl"],
                                         "reason": "bf16 not native on this device"}
@@ -125,10 +127,11 @@ def test_no_time_left_skips_every_stage_and_says_so(gc, tmp_path):
 class _FakeTimer:
     """Stands in for StepTimer: every step 'takes' ``seconds`` (reported, not slept)."""
 
-    def __init__(self, seconds=1.0, fail=None):
+    def __init__(self, seconds=1.0, fail=None, sleep=False, first=None):
         import torch
 
         self.device, self.seconds, self.fail, self.calls = torch.device("cpu"), seconds, fail, 0
+        self.sleep, self.first = sleep, first
         self.opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
     def inputs(self, shape):
@@ -138,19 +141,52 @@ class _FakeTimer:
         self.calls += 1
         if self.fail:
             raise self.fail
-        return self.seconds
+        seconds = self.first if self.calls == 1 and self.first is not None else self.seconds
+        if self.sleep:
+            time.sleep(seconds)
+        return seconds
+
+    def close(self):
+        pass
 
 
 def test_measure_shortens_to_its_fair_share_and_reports_oom(gc):
-    timer = _FakeTimer(seconds=1.0)
+    # Past its fair share a measurement still keeps MIN_TIMED timed steps (single-step medians are noise).
+    timer = _FakeTimer(seconds=1.0, first=4.0)
     r = gc.measure(timer, (2, 16, 1), warmup=1, repeat=5, deadline=float("inf"), fair_share_s=0.5)
-    assert r["n"] == 1 and r["median_s"] == 1.0 and "1 of 5" in r["shortened"] and timer.calls == 2
+    assert gc.MIN_TIMED == 3 and r["n"] == 3 and r["median_s"] == 1.0 and "3 of 5" in r["shortened"]
+    assert timer.calls == 4 and r["first_step_s"] == 4.0 and r["wall_s"] >= 0
+    one = gc.measure(_FakeTimer(1.0), (2, 16, 1), warmup=1, repeat=5, deadline=float("inf"), fair_share_s=0.5,
+                     min_timed=1)
+    assert one["n"] == 1 and "1 of 5" in one["shortened"]
     full = gc.measure(_FakeTimer(0.0), (2, 16, 1), warmup=0, repeat=5, deadline=float("inf"), fair_share_s=10)
-    assert full["n"] == 5 and "shortened" not in full
+    assert full["n"] == 5 and "shortened" not in full and full["first_step_s"] == 0.0
+    # The stage deadline cuts even below MIN_TIMED: steps of 0.2 s, 0.5 s to the deadline -> 2 steps.
+    cut = gc.measure(_FakeTimer(0.2, sleep=True), (2, 16, 1), warmup=0, repeat=5,
+                     deadline=time.monotonic() + 0.5, fair_share_s=0.0)
+    assert cut["n"] == 2 and "2 of 5" in cut["shortened"]
     assert gc.measure(_FakeTimer(fail=RuntimeError("CUDA out of memory. Tried to allocate")), (2, 16, 1), 1, 3,
                       float("inf"), 10) == {"error": "out of memory"}
     with pytest.raises(RuntimeError, match="shape mismatch"):
         gc.measure(_FakeTimer(fail=RuntimeError("shape mismatch")), (2, 16, 1), 1, 3, float("inf"), 10)
+
+
+def test_time_shapes_expects_the_overhead_seen_so_far(gc, monkeypatch):
+    """A measurement is expected to cost its steps plus the median overhead of the ones before it (the
+    first step of a new shape on a GPU: cuDNN autotuning); what does not fit the stage is skipped."""
+    monkeypatch.setattr(gc, "StepTimer", lambda cfg, mode, device: _FakeTimer(0.01))
+    budget = gc.Budget(5.0, {"step_times": 5.0, "scaled_batch": 0.0, "projection": 0.0, "side_by_side": 0.0})
+    items = [("fp32", (2, 16, 1)), ("fp32", (4, 16, 1))]
+    results = {"fp32": {}}
+    overheads: list[float] = []
+    gc.time_shapes(None, items, results, "step_times", budget, None, warmup=1, repeat=3, overheads=overheads)
+    assert all(results["fp32"][gc.key(s)]["n"] == 3 for _, s in items) and len(overheads) == 2
+    assert all(o >= 0 for o in overheads) and overheads[0] == gc.overhead_s(results["fp32"]["T2_p16_b1"], 1)
+    # With 10 s of overhead per measurement seen before, nothing fits a 5 s stage.
+    results = {"fp32": {"T2_p16_b1": {"median_s": 0.01}}}
+    gc.time_shapes(None, items[1:], results, "step_times", budget, None, warmup=1, repeat=3, overheads=[10.0])
+    assert results["fp32"]["T4_p16_b1"]["skipped"].endswith("about 10 s needed")
+    assert any("skipped fp32 T4_p16_b1" in n for n in budget.report["step_times"]["notes"])
 
 
 def test_channels_last_clip_keeps_values(gc):
