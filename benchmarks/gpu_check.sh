@@ -14,11 +14,12 @@
 # when a stage failed.
 #
 # Needs no network: uses the installed mgvsr if it imports, else installs this checkout without
-# fetching anything (pip --no-index), else runs it from src/. Set PYTHON to pick the interpreter.
+# fetching anything (pip --no-index), else runs it from src/. Set PYTHON to pick the interpreter (default:
+# python, else python3, as on images that ship only python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 
 if ! "$PY" -c "import mgvsr" 2>/dev/null; then
   echo "gpu_check: mgvsr is not importable; installing this checkout (pip install -e ., no network)"

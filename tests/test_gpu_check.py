@@ -223,3 +223,21 @@ def test_shell_script_picks_the_cpu_scale_without_cuda(tmp_path):
     assert "running the CPU scale" in proc.stdout and "gpu_check.py --tiny --device cpu --out" in proc.stdout
     data = json.loads(out.read_text())
     assert data["settings"]["tiny"] and data["device"] == "cpu" and data["budget"]["total_s"] == 0
+
+
+def test_shell_script_finds_python3_when_there_is_no_python(tmp_path):
+    """Images such as the GPU machine's ship only `python3`: without PYTHON the script falls back to it."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env.update(PATH=os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"]), CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--help"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"gpu_check: {bin_dir / 'python3'} benchmarks/gpu_check.py --help" in proc.stdout
+    assert "--budget-s" in proc.stdout
