@@ -289,3 +289,29 @@ def test_bench_records_cpu_use_and_reports_a_failed_run(tmp_path, capsys, monkey
     assert saved["table"]["tiny"]["timing_check"] == saved["per_run"][0]["timing_check"]["status"]
     assert main([*args, "--report", "--min-cpu-share", "0"]) == 0
     assert json.loads((out / "results.json").read_text())["timing_thresholds"]["min_cpu_share"] == 0
+
+
+def test_plot_gives_each_variant_one_colour_and_each_seed_a_line_style(tmp_path, monkeypatch):
+    """12 runs (4 variants x 3 seeds) outnumber matplotlib's 10 default colours: the bench plot colours by
+    variant and tells seeds apart by line style, so no two variants share a colour."""
+    import matplotlib.axes
+
+    from mgvsr.tracking import plot_psnr_vs_time
+
+    drawn: list[tuple[str, str, str]] = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        drawn.append((kwargs["label"], kwargs["color"], kwargs["linestyle"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    curve = [{"wall_time": 1.0, "psnr_y": 30.0}, {"wall_time": 2.0, "psnr_y": 31.0}]
+    variants = ["basicsr", "multigrid", "zero_init", "fast"]
+    labels = {f"{v} (seed {s})": v for s in range(3) for v in variants}
+    out = plot_psnr_vs_time({label: curve for label in labels}, tmp_path / "p.png", groups=labels)
+    assert out.exists() and len(drawn) == 12
+    colour = {v: {c for label, c, _ in drawn if labels[label] == v} for v in variants}
+    assert all(len(c) == 1 for c in colour.values()) and len(set.union(*colour.values())) == 4
+    for v in variants:
+        assert [ls for label, _, ls in drawn if labels[label] == v] == ["-", "--", ":"]

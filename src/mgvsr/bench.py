@@ -822,9 +822,11 @@ def write_results(out: Path, results: dict, reference: str, meta: dict,
     table = compare(results, reference, min_cpu_share, max_other_share)
     runs = per_run(results, reference, min_cpu_share, max_other_share)
     text = format_table(table, reference, runs, min_cpu_share, max_other_share)
-    curves = {f"{name} (seed {r.get('seed', i)})": r["curve"] for name, rs in results.items() for i, r in enumerate(rs)}
+    labels = {(name, i): f"{name} (seed {r.get('seed', i)})" for name, rs in results.items() for i, r in enumerate(rs)}
+    curves = {labels[name, i]: r["curve"] for name, rs in results.items() for i, r in enumerate(rs)}
     bicubic = next(iter(results[reference]))["bicubic_psnr_y"]
-    plot = plot_psnr_vs_time(curves, out / "psnr_vs_time.png", references={f"bicubic ({bicubic:.2f} dB)": bicubic})
+    plot = plot_psnr_vs_time(curves, out / "psnr_vs_time.png", references={f"bicubic ({bicubic:.2f} dB)": bicubic},
+                             groups={label: name for (name, _), label in labels.items()})
     finished = meta.get("finished") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_json(out / "results.json", {
         **{key: meta.get(key) for key in ("command", "machine", "started")}, "finished": finished,

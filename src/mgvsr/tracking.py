@@ -127,19 +127,29 @@ def plot_psnr_vs_time(
     out_path: Path,
     key: str = "psnr_y",
     references: dict[str, float] | None = None,
+    groups: dict[str, str] | None = None,
 ) -> Path:
     """Plot validation PSNR against training wall-clock seconds, one line per run (plus optional
-    horizontal reference lines, e.g. bicubic upsampling)."""
+    horizontal reference lines, e.g. bicubic upsampling). ``groups`` maps a curve's label to a group
+    (e.g. the variant of a seed's run): the curves of a group share a colour and differ in line style
+    and marker, so many runs stay readable past matplotlib's ten default colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    group_names = list(dict.fromkeys((groups or {}).get(label, label) for label in curves))
+    seen: dict[str, int] = {}
     for label, rows in curves.items():
+        group = (groups or {}).get(label, label)
+        nth = seen[group] = seen.get(group, -1) + 1
         rows = [r for r in rows if math.isfinite(r.get(key, float("nan")))]
         if rows:
-            ax.plot([r["wall_time"] / 60 for r in rows], [r[key] for r in rows], marker="o", ms=3, label=label)
+            ax.plot([r["wall_time"] / 60 for r in rows], [r[key] for r in rows], label=label,
+                    color=palette[group_names.index(group) % len(palette)],
+                    linestyle=("-", "--", ":", "-.")[nth % 4], marker="osD^v"[nth % 5], ms=3)
     for label, value in (references or {}).items():
         ax.axhline(value, color="gray", linestyle="--", linewidth=1)
         ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), xytext=(4, 3),
