@@ -308,12 +308,13 @@ def format_tables(result: dict) -> str:
             if "skipped" in r:
                 lines.append(f"{r['devices']:>3}  {r['skipped']}")
                 continue
+            eff = f"{r['scaling_efficiency_multigrid']:.2f}" if "scaling_efficiency_multigrid" in r else "-"
             lines.append(f"{r['devices']:>3}{r['per_device_batch']:>10}{r['iters']:>9}{r['allreduce_s'] * 1e3:>9.2f}ms"
                          f"{r['fixed_s'] / 3600:>11.2f}{r['multigrid_s'] / 3600:>9.2f}"
                          f"{r['fixed_speedup_vs_reference_fixed']:>8.2f}x{r['multigrid_speedup_vs_reference_fixed']:>7.2f}x"
-                         f"{r['multigrid_vs_fixed']:>8.2f}x{r.get('scaling_efficiency_multigrid', float('nan')):>8.2f}")
+                         f"{r['multigrid_vs_fixed']:>8.2f}x{eff:>8}")
     lines.append("(fixed x / mg x = the reference fixed run's time over the run's; mg/fixed = multigrid speedup at "
-                 "the same N; eff mg = multigrid time on 1 device / (N x time on N))")
+                 "the same N; eff mg = multigrid time on 1 device / (N x time on N), '-' without N = 1 in --devices)")
     return "\n".join(lines)
 
 

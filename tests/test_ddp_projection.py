@@ -106,3 +106,13 @@ def test_gloo_allreduce_is_measured(ddp):
     r = ddp.measure_gloo(4096, repeat=2)
     assert set(r["median_s"]) == {"1024", "4096"} and all(t > 0 for t in r["median_s"].values())
     assert r["latency_s"] >= 0 and r["busbw_bytes_s"] > 0
+
+
+def test_efficiency_column_without_one_device_says_so(ddp, tmp_path, capsys):
+    """--devices without 1 has no single-device run to compare with: the table shows '-', not nan."""
+    steps = _gpu_check_json(tmp_path / "steps.json", per_pixel=1e-6)
+    assert ddp.main(["--steps", str(steps), "--config", str(CONFIG), "--devices", "4", "--no-measure",
+                     "--gloo-latency-us", "0", "--gloo-busbw-gbs", "1e12", "--numel", "1000"]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.split()[:2] == ["4", "4"])
+    assert row.split()[-1] == "-" and "nan" not in printed
