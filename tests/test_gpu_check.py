@@ -232,7 +232,9 @@ def test_shell_script_finds_python3_when_there_is_no_python(tmp_path):
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys.executable)
+    wrapper = bin_dir / "python3"  # a wrapper, not a symlink: a venv's interpreter must keep its own path
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     env.update(PATH=os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"]), CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
