@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     def stage_a() -> None:
         # Priority: fp32 and bf16_cl at every schedule shape, then the batch sweep, then plain bf16.
         items = [(mode, shape) for mode in main_modes for shape in shapes]
-        items += [(mode, shape) for mode in ("fp32", "bf16_cl") if mode in timed_modes for shape in sweep]
+        items += [(mode, shape) for mode in main_modes for shape in sweep]
         items += [(mode, shape) for mode in secondary_modes for shape in shapes]
         time_shapes(cfg, items, steps, "step_times", budget, device, args.warmup, args.repeat, overheads)
 

@@ -823,7 +823,7 @@ def write_results(out: Path, results: dict, reference: str, meta: dict,
     runs = per_run(results, reference, min_cpu_share, max_other_share)
     text = format_table(table, reference, runs, min_cpu_share, max_other_share)
     labels = {(name, i): f"{name} (seed {r.get('seed', i)})" for name, rs in results.items() for i, r in enumerate(rs)}
-    curves = {labels[name, i]: r["curve"] for name, rs in results.items() for i, r in enumerate(rs)}
+    curves = {label: results[name][i]["curve"] for (name, i), label in labels.items()}
     bicubic = next(iter(results[reference]))["bicubic_psnr_y"]
     plot = plot_psnr_vs_time(curves, out / "psnr_vs_time.png", references={f"bicubic ({bicubic:.2f} dB)": bicubic},
                              groups={label: name for (name, _), label in labels.items()})

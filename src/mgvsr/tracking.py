@@ -140,10 +140,11 @@ def plot_psnr_vs_time(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    group_names = list(dict.fromkeys((groups or {}).get(label, label) for label in curves))
+    group_of = {label: (groups or {}).get(label, label) for label in curves}
+    group_names = list(dict.fromkeys(group_of.values()))
     seen: dict[str, int] = {}
     for label, rows in curves.items():
-        group = (groups or {}).get(label, label)
+        group = group_of[label]
         nth = seen[group] = seen.get(group, -1) + 1
         rows = [r for r in rows if math.isfinite(r.get(key, float("nan")))]
         if rows:
