@@ -4,6 +4,7 @@ non-finite steps are skipped and stop the run with the last good checkpoint inta
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -129,6 +130,21 @@ def test_every_step_has_the_scheduled_shape_and_run_writes_outputs(tmp_path, dat
     assert any((run_dir / "tb").iterdir())
     assert summary["steps"] == 12 and np.isfinite(summary["val_psnr_y"])
     assert len(list((run_dir / "checkpoints").glob("*.pt"))) == 3  # steps 4, 8, 12 (keep_last=3)
+    scores = json.loads((run_dir / "val_metrics.json").read_text())
+    below = {clip for clip, s in scores["mgvsr"]["clips"].items() if s["psnr_y"] < scores["bicubic"]["clips"][clip]["psnr_y"]}
+    assert {row["clip"] for row in summary["clips_below_bicubic"]} == below
+
+
+def test_clips_below_bicubic_are_listed_worst_first():
+    from mgvsr.report import clips_below
+
+    def scores(**clips):
+        return {"clips": {name: {"psnr_y": v} for name, v in clips.items()}, "average": {}}
+
+    ours, bicubic = scores(a=27.0, b=22.0, c=25.9, d=30.0), scores(a=26.0, b=26.5, c=26.0, d=30.5)
+    assert [(r["clip"], r["psnr_y"], r["reference_psnr_y"]) for r in clips_below(ours, bicubic)] == [
+        ("b", 22.0, 26.5), ("d", 30.0, 30.5), ("c", 25.9, 26.0)]
+    assert clips_below(scores(a=27.0), bicubic) == []
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, data_dirs):

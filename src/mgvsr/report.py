@@ -73,6 +73,22 @@ def final_report(
     return {
         "val_psnr": avg["psnr"], "val_ssim": avg["ssim"], "val_psnr_y": avg["psnr_y"], "val_ssim_y": avg["ssim_y"],
         "bicubic_psnr": bic_avg["psnr"], "bicubic_psnr_y": bic_avg["psnr_y"], "bicubic_ssim_y": bic_avg["ssim_y"],
+        "clips_below_bicubic": clips_below(ours, bicubic),
         "plot": str(plot), "side_by_side": f"{image} (clip {name}, frame {t})",
         "summary": str(run_dir / "summary.json"),
     }
+
+
+def clips_below(ours: dict, reference: dict) -> list[dict]:
+    """The validation clips on which ``ours`` scores a lower PSNR-Y than ``reference`` (both as
+    :meth:`EvalResult.flat_scores`), as ``{"clip", "psnr_y", "reference_psnr_y"}``, worst first.
+
+    A trained model below bicubic on a whole clip usually means it is broken there, e.g. a recurrent
+    model whose state grows over clips longer than it was trained on (benchmarks/recurrence_check.py).
+    """
+    below = [
+        {"clip": clip, "psnr_y": scores["psnr_y"], "reference_psnr_y": reference["clips"][clip]["psnr_y"]}
+        for clip, scores in ours["clips"].items()
+        if clip in reference["clips"] and scores["psnr_y"] < reference["clips"][clip]["psnr_y"]
+    ]
+    return sorted(below, key=lambda row: row["psnr_y"] - row["reference_psnr_y"])

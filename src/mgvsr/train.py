@@ -667,4 +667,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  validation PSNR-Y {summary['val_psnr_y']:.2f} dB vs bicubic {summary['bicubic_psnr_y']:.2f} dB "
                   f"({summary['val_psnr_y'] - summary['bicubic_psnr_y']:+.2f} dB); training time "
                   f"{summary['train_time_s']:.0f} s")
+        for row in summary.get("clips_below_bicubic", []):
+            print(f"  warning: clip {row['clip']}: PSNR-Y {row['psnr_y']:.2f} dB, below bicubic's "
+                  f"{row['reference_psnr_y']:.2f} dB; if the model is recurrent, check it over long clips with "
+                  f"benchmarks/recurrence_check.py {summary['run_dir']}")
     return 0
