@@ -1,6 +1,6 @@
 """Is a trained BasicVSR / IconVSR stable over clips longer than it was trained on?
 
-    python benchmarks/recurrence_check.py RUN_DIR [--weights FILE] [--json OUT.json]
+    python benchmarks/recurrence_check.py RUN_DIR [--weights FILE] [--loop K] [--json OUT.json]
 
 Runs the model of a training run (``RUN_DIR/weights/model.safetensors`` and the validation set of
 ``RUN_DIR/config.yaml``) over each whole validation clip and prints, frame by frame, PSNR-Y (uint8
@@ -9,8 +9,9 @@ carries (the output of ``backward_trunk`` / ``forward_trunk`` at that frame). A 
 amplifies its state grows these values geometrically with the number of propagation steps, and the
 frames reached last (the first frames of a clip for the backward branch) lose quality. A clip is
 flagged when a branch's largest feature grows more than 10x between the training clip length and
-the end of the clip. Found with the demo recipe (docs/benchmarks.md, section 8, "Stability over
-long clips").
+the end of the clip. ``--loop K`` makes each clip K times longer (played forwards, backwards,
+forwards, ...: no jump between frames) to look past the length of the validation clips. Found with
+the demo recipe (docs/benchmarks.md, section 8, "Third round").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mgvsr.config import load_config
@@ -61,12 +63,23 @@ def check_clip(model: torch.nn.Module, lr, hr, trained_len: int) -> dict:
     }
 
 
+def looped(frames: np.ndarray, k: int) -> np.ndarray:
+    """``frames`` played ``k`` times, every other time backwards (the turning frame not repeated)."""
+    parts = [frames]
+    for i in range(1, k):
+        parts.append((frames[::-1] if i % 2 else frames)[1:])
+    return np.concatenate(parts)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--weights", type=Path, help="default: RUN_DIR/weights/model.safetensors")
+    parser.add_argument("--loop", type=int, default=1, help="play each clip K times, alternating direction")
     parser.add_argument("--json", type=Path, help="also write the per-frame numbers here")
     args = parser.parse_args(argv)
+    if args.loop < 1:
+        parser.error(f"--loop must be >= 1, got {args.loop}")
 
     cfg = load_config(args.run_dir / "config.yaml")
     model, model_cfg = build_for_inference(args.weights or args.run_dir / "weights" / "model.safetensors")
@@ -80,7 +93,7 @@ def main(argv: list[str]) -> int:
           f"after {trained_len} steps")
     results = {}
     for i, clip in enumerate(source.clips):
-        lr, hr = source.read_clip(i, list(range(clip.num_frames)))
+        lr, hr = (looped(frames, args.loop) for frames in source.read_clip(i, list(range(clip.num_frames))))
         res = results[clip.name] = check_clip(model, lr, hr, trained_len)
         p = res["psnr_y"]
         worst = min(range(len(p)), key=p.__getitem__)
@@ -89,7 +102,7 @@ def main(argv: list[str]) -> int:
               f"{res['growth']['forward']:.3g}x{'  UNSTABLE' if res['unstable'] else ''}")
         print("  PSNR-Y by frame: " + " ".join(f"{v:.1f}" for v in p))
     if args.json:
-        args.json.write_text(json.dumps({"run_dir": str(args.run_dir), "trained_len": trained_len,
+        args.json.write_text(json.dumps({"run_dir": str(args.run_dir), "trained_len": trained_len, "loop": args.loop,
                                          "clips": results}, indent=1))
     return 1 if any(r["unstable"] for r in results.values()) else 0
 

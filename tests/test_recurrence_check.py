@@ -44,3 +44,10 @@ def test_a_state_that_doubles_every_step_is_flagged(monkeypatch):
     res = check.check_clip(model, lr, hr, trained_len=3)
     assert res["growth"]["backward"] > check.GROWTH_LIMIT and res["unstable"]
     assert not model.backward_trunk._forward_hooks and not model.forward_trunk._forward_hooks  # removed
+
+
+def test_looped_clips_turn_without_a_jump():
+    frames = np.arange(4)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    order = check.looped(frames, 3)[:, 0, 0, 0].tolist()
+    assert order == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert np.array_equal(check.looped(frames, 1), frames)
