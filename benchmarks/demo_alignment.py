@@ -16,8 +16,7 @@ this process only:
   bilinear upsampling of the LR frame.
 
 The weights written are those of the changed model: ``mgvsr eval`` / ``upscale`` on them compute the
-standard BasicVSR, not what was trained. Results: docs/benchmarks.md, section 8 ("Alignment and
-skip").
+standard BasicVSR, not what was trained. Results: docs/benchmarks.md, section 8 ("Third round").
 """
 
 from __future__ import annotations

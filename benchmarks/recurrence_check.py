@@ -2,7 +2,8 @@
 
     python benchmarks/recurrence_check.py RUN_DIR [--weights FILE] [--loop K] [--json OUT.json]
 
-Runs the model of a training run (``RUN_DIR/weights/model.safetensors`` and the validation set of
+Runs the model of a training run (``RUN_DIR/weights/model_ema.safetensors`` when the run kept an
+EMA, as the run's own report does, else ``model.safetensors``; and the validation set of
 ``RUN_DIR/config.yaml``) over each whole validation clip and prints, frame by frame, PSNR-Y (uint8
 output, as ``mgvsr eval``) and the largest absolute feature value that each propagation branch
 carries (the output of ``backward_trunk`` / ``forward_trunk`` at that frame). A recurrence that
@@ -27,6 +28,7 @@ import torch
 
 from mgvsr.config import load_config
 from mgvsr.data.build import build_source
+from mgvsr.errors import MgvsrError
 from mgvsr.evaluation.device_metrics import psnr
 from mgvsr.evaluation.runner import frames_to_tensor, quantize
 from mgvsr.models.loading import build_for_inference
@@ -74,19 +76,29 @@ def looped(frames: np.ndarray, k: int) -> np.ndarray:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--weights", type=Path, help="default: RUN_DIR/weights/model.safetensors")
+    parser.add_argument("--weights", type=Path, help="default: the run's EMA weights if any, else its raw weights")
     parser.add_argument("--loop", type=int, default=1, help="play each clip K times, alternating direction")
     parser.add_argument("--json", type=Path, help="also write the per-frame numbers here")
     args = parser.parse_args(argv)
     if args.loop < 1:
         parser.error(f"--loop must be >= 1, got {args.loop}")
 
-    cfg = load_config(args.run_dir / "config.yaml")
-    model, model_cfg = build_for_inference(args.weights or args.run_dir / "weights" / "model.safetensors")
+    weights = args.weights or next(
+        (w for w in (args.run_dir / "weights" / name for name in ("model_ema.safetensors", "model.safetensors"))
+         if w.is_file()), args.run_dir / "weights" / "model.safetensors")
+    try:
+        cfg = load_config(args.run_dir / "config.yaml")
+        model, model_cfg = build_for_inference(weights)
+        if cfg.data.val is None:
+            raise MgvsrError(f"{args.run_dir / 'config.yaml'}: data.val is not set; the check runs the "
+                             "validation clips, so give the run a validation set")
+        source = build_source(cfg.data.val, model_cfg.scale)
+    except MgvsrError as err:  # names the file or setting
+        print(f"recurrence_check: error: {err}", file=sys.stderr)
+        return 2
     if not hasattr(model, "backward_trunk"):
         print(f"recurrence_check: {model_cfg.name} has no propagation branches to check", file=sys.stderr)
         return 2
-    source = build_source(cfg.data.val, model_cfg.scale)
     trained_len = cfg.schedule.num_frames
     print(f"python benchmarks/recurrence_check.py {shlex.join(argv)}")
     print(f"trained on clips of up to {trained_len} frames; growth = largest feature after the whole clip / "

@@ -51,3 +51,9 @@ def test_looped_clips_turn_without_a_jump():
     order = check.looped(frames, 3)[:, 0, 0, 0].tolist()
     assert order == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
     assert np.array_equal(check.looped(frames, 1), frames)
+
+
+def test_a_missing_run_folder_is_named(tmp_path, capsys):
+    assert check.main([str(tmp_path / "no_run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recurrence_check: error:") and str(tmp_path / "no_run" / "config.yaml") in err

@@ -141,15 +141,14 @@ def plot_psnr_vs_time(
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     group_of = {label: (groups or {}).get(label, label) for label in curves}
-    group_names = list(dict.fromkeys(group_of.values()))
+    colour = {group: palette[i % len(palette)] for i, group in enumerate(dict.fromkeys(group_of.values()))}
     seen: dict[str, int] = {}
     for label, rows in curves.items():
         group = group_of[label]
         nth = seen[group] = seen.get(group, -1) + 1
         rows = [r for r in rows if math.isfinite(r.get(key, float("nan")))]
         if rows:
-            ax.plot([r["wall_time"] / 60 for r in rows], [r[key] for r in rows], label=label,
-                    color=palette[group_names.index(group) % len(palette)],
+            ax.plot([r["wall_time"] / 60 for r in rows], [r[key] for r in rows], label=label, color=colour[group],
                     linestyle=("-", "--", ":", "-.")[nth % 4], marker="osD^v"[nth % 5], ms=3)
     for label, value in (references or {}).items():
         ax.axhline(value, color="gray", linestyle="--", linewidth=1)
